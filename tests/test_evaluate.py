@@ -1,0 +1,104 @@
+"""urg_ray.evaluation and jobs/evaluate.py: rows, columns, correlations and robustness deltas."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from urg_ray.data import Record, write_records
+from urg_ray.evaluation import Evaluator, delta_percent, rank_correlation
+
+ROOT = Path(__file__).resolve().parents[1]
+REF = "the cat sat on the red mat"
+
+
+def _records() -> list[Record]:
+    texts = [REF, "the cat sat on a mat", "dogs bark loudly at night"]
+    return [Record(id=f"r{i}", instruction=f"q{i}: where did the cat sit?", output=REF,
+                   candidates=[{"model": f"m{j}", "text": t, "scores": {"bleu": float(10 - j)}} for j, t in enumerate(texts)])
+            for i in range(3)]
+
+
+def test_rank_correlation_against_hand_computed_values():
+    corr = rank_correlation([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]], [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    # first record reversed: pearson -1, spearman -1, footrule |1-3|+|2-2|+|3-1| = 4; second perfect: 1, 1, 0
+    assert corr == {"pearson": pytest.approx(0.0), "spearman": pytest.approx(0.0), "footrule": pytest.approx(2.0)}
+    ties = rank_correlation([[1.0, 1.0, 1.0]], [[1.0, 2.0, 3.0]])  # constant scores: no correlation
+    assert ties["pearson"] != ties["pearson"]  # nan
+
+
+def test_delta_percent():
+    assert delta_percent(50.0, 45.0) == pytest.approx(-10.0)
+    assert delta_percent(-2.0, -3.0) == pytest.approx(-50.0)
+
+
+def test_reference_rows_random_and_oracle_by_hand():
+    ev = Evaluator(_records(), score_keys=["bleu"], metric_names=("bleu", "rouge1"))
+    ev.add_reference_rows()
+    rows = {r.name: r for r in ev.rows}
+    assert set(rows) == {"m0", "m1", "m2", "Random", "Oracle (bleu)", "Oracle (rouge1)"}
+    assert rows["m0"].scores["bleu"] == pytest.approx(100.0)
+    # rouge1 F1 of "the cat sat on a mat" vs REF: 5 shared unigrams (the, cat, sat, on, mat), P=5/6, R=5/7
+    r1 = 2 * (5 / 6) * (5 / 7) / (5 / 6 + 5 / 7)
+    assert rows["m1"].scores["rouge1"] == pytest.approx(r1)
+    assert rows["Random"].scores["rouge1"] == pytest.approx((1.0 + r1 + 0.0) / 3)
+    assert rows["Oracle (rouge1)"].scores["rouge1"] == pytest.approx(1.0)
+
+
+def test_ranker_row_uses_the_top1_and_reports_correlation():
+    class Reverse:  # ranks the worst candidate first
+        def rank(self, questions, candidates):
+            import torch
+
+            from urg_ray.model import RankResult
+            scores = torch.tensor([[float(i) for i in range(len(c))] for c in candidates])
+            return RankResult(scores, [list(range(len(c)))[::-1] for c in candidates])
+
+    ev = Evaluator(_records(), score_keys=["bleu"], metric_names=("bleu",))
+    row = ev.add_ranker("reverse", Reverse())
+    assert row.scores["bleu"] < 5 and row.correlation["spearman"] == pytest.approx(-1.0)
+    assert row.correlation["footrule"] == pytest.approx(4.0)
+
+
+def test_robustness_deltas_follow_the_fusers_output():
+    ev = Evaluator(_records(), score_keys=["bleu"], metric_names=("bleu",))
+    # a "fuser" that returns its last input: top-2 -> the second best; + worst -> the worst
+    result = ev.add_robustness("last", lambda q, c: [cands[-1] for cands in c])
+    second_best = ev.candidate_scores[0][1]["bleu"]
+    assert result["scores"]["bleu"] == pytest.approx(second_best)
+    assert result["delta% top2+worst1"]["bleu"] == pytest.approx(delta_percent(second_best, 0.0))
+
+
+@pytest.mark.slow
+def test_evaluate_job_writes_every_row_and_column(tmp_path):
+    from urg_ray import URG
+    from urg_ray.baselines import GenFuser, PairRanker
+
+    test_file = tmp_path / "test.jsonl"
+    write_records(test_file, _records())
+    URG.from_pretrained("tiny").save_pretrained(tmp_path / "urg")
+    PairRanker.from_pretrained("tiny").save_pretrained(tmp_path / "pair")
+    GenFuser.from_pretrained("tiny").save_pretrained(tmp_path / "fuser")
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "jobs/evaluate.py", "--test-file", str(test_file), "--set", "data.score_keys=[bleu]",
+                           "--urg", f"URG={tmp_path / 'urg'}", "--ranker", f"PairRanker={tmp_path / 'pair'}",
+                           "--fuser", f"GenFuser={tmp_path / 'fuser'}", "--robustness", "--max-new-tokens", "8",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "eval.json").read_text())
+    names = [r["name"] for r in data["rows"]]
+    metric_names = ["bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore"]
+    expected = ["m0", "m1", "m2", "Random", *(f"Oracle ({m})" for m in metric_names), "URG-rank", "URG", "PairRanker",
+                "PairRanker + GenFuser"]
+    assert names == expected
+    assert all(set(r["scores"]) == set(metric_names) for r in data["rows"])
+    assert set(data["rows"][names.index("URG-rank")]["correlation"]) == {"pearson", "spearman", "footrule"}
+    assert set(data["robustness"]) == {"URG", "GenFuser"}
+    markdown = (out / "eval.md").read_text()
+    for header in ("BLEU", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "BERTScore", "Pearson", "Spearman", "Footrule"):
+        assert header in markdown
+    assert (out / "eval.png").stat().st_size > 0 and (out / "robustness.png").stat().st_size > 0
+    bad = subprocess.run([sys.executable, "jobs/evaluate.py", "--urg", "URG"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "expected NAME=FOLDER" in bad.stderr

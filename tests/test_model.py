@@ -1,0 +1,242 @@
+import pytest
+import torch
+
+from urg_ray import URG
+from urg_ray.model import gather_states, select_top_k, select_worst
+
+from conftest import make_record
+
+QUESTIONS = ["where did the cat sit?", "name two colours"]
+CANDIDATES = [["on the mat", "on the sofa, probably", "", "dogs bark"], ["red and blue", "green"]]
+
+
+def test_rank_scores_are_eq6_computed_from_hooked_cross_attention(tiny):
+    """Eq. 6 by hand: hook every cross-attention module, average over layers and heads, then
+    over each candidate's own non-pad positions of the concatenated sequence."""
+    captured = []
+    hooks = [block.layer[1].EncDecAttention.register_forward_hook(lambda m, i, o: captured.append(o[2]))
+             for block in tiny.model.decoder.block]
+    try:
+        result = tiny.rank(QUESTIONS, CANDIDATES)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(captured) == len(tiny.model.decoder.block)
+    batch = tiny.collator.encode_pairs(QUESTIONS, CANDIDATES)
+    length = batch.input_ids.shape[2]
+    for b, cands in enumerate(CANDIDATES):
+        for i in range(len(cands)):
+            positions = [i * length + t for t in range(length) if batch.attention_mask[b, i, t]]
+            per_layer_head = [a[b, h, 0, positions].sum() / len(positions)
+                              for a in captured for h in range(a.shape[1])]
+            expected = sum(per_layer_head) / len(per_layer_head)
+            assert result.scores[b, i].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert result.scores[1, 2:].eq(float("-inf")).all()
+
+
+def test_scores_permute_with_the_candidates(tiny):
+    cands = CANDIDATES[0]
+    perm = [2, 0, 3, 1]
+    base = tiny.rank(QUESTIONS[:1], [cands]).scores[0]
+    permuted = tiny.rank(QUESTIONS[:1], [[cands[p] for p in perm]]).scores[0]
+    torch.testing.assert_close(permuted, base[perm], rtol=1e-5, atol=1e-7)
+
+
+def test_scores_do_not_depend_on_the_other_questions_in_the_batch(tiny):
+    together = tiny.rank(QUESTIONS, CANDIDATES).scores
+    alone = tiny.rank(QUESTIONS[1:], CANDIDATES[1:]).scores
+    torch.testing.assert_close(together[1, :2], alone[0], rtol=1e-5, atol=1e-7)
+
+
+def test_ranks_are_scores_sorted_best_first(tiny):
+    result = tiny.rank(QUESTIONS, CANDIDATES)
+    for b, ranks in enumerate(result.ranks):
+        assert sorted(ranks) == list(range(len(CANDIDATES[b])))
+        values = result.scores[b, ranks]
+        assert torch.all(values[:-1] >= values[1:])
+
+
+def test_sdpa_encoder_gives_the_scores_of_an_all_eager_model(tiny):
+    encoder_config = tiny.model.get_encoder().config
+    assert encoder_config._attn_implementation == "sdpa"
+    assert tiny.model.get_decoder().config._attn_implementation == "eager"
+    fast = tiny.rank(QUESTIONS, CANDIDATES).scores
+    encoder_config._attn_implementation = "eager"
+    try:
+        slow = tiny.rank(QUESTIONS, CANDIDATES).scores
+    finally:
+        encoder_config._attn_implementation = "sdpa"
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6)
+
+
+def test_select_top_k_breaks_ties_by_index_and_flags_missing_candidates():
+    key = torch.tensor([[0.2, 0.9, 0.2, 0.5], [3.0, 1.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    top, keep = select_top_k(key, mask, 3)
+    assert top[0].tolist() == [1, 3, 0]
+    assert top[1, :2].tolist() == [0, 1] and keep[1].tolist() == [True, True, False]
+    assert select_worst(key, mask).tolist() == [0, 1]
+
+
+def test_gather_states_concatenates_chosen_candidates_in_order():
+    states = torch.arange(2 * 3 * 2, dtype=torch.float).reshape(2, 3, 2, 1)  # (B, N, L, H)
+    mask = torch.ones(2, 3, 2, dtype=torch.long)
+    chosen, chosen_mask = gather_states(states, mask, torch.tensor([[2, 0], [1, 1]]),
+                                        torch.tensor([[True, True], [True, False]]))
+    assert chosen[0, :, 0].tolist() == [4, 5, 0, 1]
+    assert chosen_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+
+
+def test_rank_and_fuse_uses_top_k_and_reports_it(tiny):
+    results = tiny.rank_and_fuse(QUESTIONS, CANDIDATES, top_k=3, max_new_tokens=8)
+    assert len(results) == 2
+    first, second = results
+    assert first.selected == first.ranks[:3] and first.note is None
+    assert isinstance(first.text, str) and len(first.scores) == 4
+    assert second.selected == second.ranks and "fused all 2" in second.note
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"num_beams": 3}, {"do_sample": True, "top_p": 0.9}])
+def test_fusion_decodes_greedy_beam_and_sampling(tiny, kwargs):
+    torch.manual_seed(0)
+    results = tiny.rank_and_fuse(QUESTIONS, CANDIDATES, max_new_tokens=6, **kwargs)
+    assert all(isinstance(r.text, str) for r in results)
+
+
+def test_fusion_does_not_re_encode(tiny):
+    calls = []
+    hook = tiny.model.get_encoder().register_forward_hook(lambda *a: calls.append(1))
+    try:
+        tiny.rank_and_fuse(QUESTIONS, CANDIDATES, max_new_tokens=6, num_beams=2)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+
+
+def test_bad_inputs_get_clear_errors(tiny):
+    with pytest.raises(ValueError, match="question 0: candidates must be a non-empty list"):
+        tiny.rank(["q"], [[]])
+    with pytest.raises(ValueError, match="2 questions but 1 candidate lists"):
+        tiny.rank(["q", "r"], [["a"]])
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        tiny.rank_and_fuse(["q"], [["a"]], top_k=-1)
+    with pytest.raises(ValueError, match="unknown preset 'nope'.*tiny.*flan-t5-large.*flan-t5-xl"):
+        URG.from_pretrained("nope")
+
+
+def test_over_long_texts_are_truncated_per_config(tiny):
+    cfg = tiny.config
+    long_text = "word " * 2000
+    batch = tiny.collator.encode_pairs([long_text], [[long_text, "short"]])
+    # <Question> + x + </s> + <response> + y + </s>
+    assert batch.input_ids.shape[-1] == cfg.source_max_length + cfg.candidate_max_length + 4
+    assert tiny.rank([long_text], [[long_text, "short"]]).scores.isfinite().all()
+
+
+def test_save_and_reload_give_identical_scores(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    assert not list((tmp_path / "m").glob("*.bin")) and not list((tmp_path / "m").glob("*.pt"))
+    reloaded = URG.from_pretrained(tmp_path / "m")
+    assert reloaded.config == tiny.config
+    torch.testing.assert_close(reloaded.rank(QUESTIONS, CANDIDATES).scores, tiny.rank(QUESTIONS, CANDIDATES).scores)
+    assert [r.text for r in reloaded.rank_and_fuse(QUESTIONS, CANDIDATES, max_new_tokens=8)] == \
+           [r.text for r in tiny.rank_and_fuse(QUESTIONS, CANDIDATES, max_new_tokens=8)]
+
+
+def test_tiny_preset_is_the_same_model_every_time():
+    a, b = URG.from_pretrained("tiny"), URG.from_pretrained("tiny")
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def _batch(model, n_records=4, n=4):
+    return model.collator([make_record(i, n=n) for i in range(n_records)])
+
+
+def test_erm_p_pass_equals_decoding_the_top_k_alone(tiny):
+    """The batched p/q pass masks the worst candidate out of p: p must equal plain top-k decoding."""
+    batch = _batch(tiny)
+    states, mask = tiny.encode(batch)
+    top, keep = select_top_k(batch.quality, batch.candidate_mask, 3)
+    worst = select_worst(batch.quality, batch.candidate_mask)
+    alone = tiny._decoder_logits(*gather_states(states, mask, top, keep), batch.labels)
+    index = torch.cat([top, worst[:, None]], 1)
+    keep_p = torch.cat([keep, torch.zeros_like(keep[:, :1])], 1)
+    with_masked_worst = tiny._decoder_logits(*gather_states(states, mask, index, keep_p), batch.labels)
+    torch.testing.assert_close(with_masked_worst, alone, rtol=1e-4, atol=1e-5)
+    assert worst.tolist() == [0, 0, 0, 0] and top[0].tolist() == [3, 2, 1]
+
+
+def test_forward_loss_terms_and_ablations():
+    model = URG.from_pretrained("tiny").eval()
+    batch = _batch(model)
+    out = model(batch)
+    assert out.loss.item() == pytest.approx(5 * out.rank_loss.item() + 2 * out.kl_loss.item() + out.ce_loss.item(), rel=1e-5)
+    assert out.kl_loss.item() > 0 and out.rank_loss.item() >= 0
+    model.loss_config = model.loss_config.model_copy(update={"erm": False, "rank_loss": False})
+    ablated = model(batch)
+    assert ablated.kl_loss.item() == 0 and ablated.rank_loss.item() == 0
+    assert ablated.loss.item() == pytest.approx(ablated.ce_loss.item())
+    # without ERM there is one CE term instead of two
+    assert ablated.ce_loss.item() == pytest.approx(out.ce_loss.item() / 2, rel=0.2)
+
+
+def test_one_optimizer_step_lowers_the_loss_on_a_fixed_batch():
+    model = URG.from_pretrained("tiny", dropout=0.0).train()
+    batch = _batch(model, n_records=8, n=6)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = model(batch)
+    before.loss.backward()
+    optimizer.step()
+    after = model(batch)
+    assert after.loss.item() < before.loss.item()
+    assert after.ce_loss.item() < before.ce_loss.item()
+
+
+def test_dropout_override_reaches_every_dropout_including_attention():
+    model = URG.from_pretrained("tiny", dropout=0.0).train()
+    batch = _batch(model)
+    torch.testing.assert_close(model(batch).loss, model(batch).loss)  # train mode, yet deterministic
+    noisy = URG.from_pretrained("tiny", dropout=0.3).train()
+    assert noisy(batch).loss.item() != noisy(batch).loss.item()
+
+
+def test_absolute_positions_are_on_for_tiny_and_follow_the_kv_cache(tiny):
+    assert tiny.config.absolute_positions and tiny.positions is not None
+    cached = tiny.rank_and_fuse(QUESTIONS, CANDIDATES, max_new_tokens=12, min_new_tokens=12, use_cache=True)
+    uncached = tiny.rank_and_fuse(QUESTIONS, CANDIDATES, max_new_tokens=12, min_new_tokens=12, use_cache=False)
+    assert all(len(r.text.split()) >= 3 for r in cached)
+    assert [r.text for r in cached] == [r.text for r in uncached]
+    before = tiny.rank(QUESTIONS, CANDIDATES).scores
+    with torch.no_grad():
+        saved = tiny.positions.encoder.weight.clone()
+        tiny.positions.encoder.weight.add_(torch.randn_like(saved))
+        moved = tiny.rank(QUESTIONS, CANDIDATES).scores
+        tiny.positions.encoder.weight.copy_(saved)
+    assert not torch.allclose(before, moved)
+
+
+def test_config_none_keeps_the_presets_choice():
+    assert URG.from_pretrained("tiny", absolute_positions=None).positions is not None
+    assert URG.from_pretrained("tiny", absolute_positions=False).positions is None
+
+
+def test_fuse_of_the_selection_equals_rank_and_fuse(tiny):
+    kwargs = dict(max_new_tokens=10, min_new_tokens=10)
+    fused = tiny.rank_and_fuse(QUESTIONS, CANDIDATES, top_k=3, **kwargs)
+    chosen = [[cands[i] for i in r.selected] for cands, r in zip(CANDIDATES, fused)]
+    assert tiny.fuse(QUESTIONS, chosen, **kwargs) == [r.text for r in fused]
+
+
+def test_chunked_length_sorted_encoding_gives_the_scores_of_one_call(tiny):
+    one_call = tiny.config.model_copy(update={"encode_batch_size": None})
+    chunked = tiny.config.model_copy(update={"encode_batch_size": 2})
+    original = tiny.config
+    try:
+        tiny.config = one_call
+        whole = tiny.rank(QUESTIONS, CANDIDATES).scores
+        tiny.config = chunked
+        pieces = tiny.rank(QUESTIONS, CANDIDATES).scores
+    finally:
+        tiny.config = original
+    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-7)

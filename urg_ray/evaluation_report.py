@@ -1,0 +1,85 @@
+"""Render an evaluation (urg_ray.evaluation.Evaluator.to_json()) as Markdown and PNG charts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+LABELS = {"bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum",
+          "bertscore": "BERTScore"}
+KIND_TITLES = {"model": "Candidate models", "random": "Selection", "oracle": "Selection", "rank": "Selection",
+               "fusion": "Fusion"}
+
+
+def _fmt(metric: str, value: float) -> str:
+    return f"{value:.2f}" if metric == "bleu" else f"{value:.4f}"
+
+
+def write_markdown(data: dict) -> str:
+    metric_names = data["metrics"]
+    head = "| | Row | " + " | ".join(LABELS.get(m, m) for m in metric_names) + " | Pearson | Spearman | Footrule ↓ |"
+    lines = [f"# Evaluation on {data['n_records']} test records", "",
+             "BLEU is sacrebleu sentence BLEU (0-100); ROUGE F1 and BERTScore F1 (0-1). Selection rows pick one "
+             "candidate per record; Random is its expectation; Oracle (m) picks the best candidate by m. "
+             "Correlations are of a ranker's scores with the ground-truth quality, per record, averaged.", "",
+             head, "|" + "---|" * (len(metric_names) + 5)]
+    for row in data["rows"]:
+        corr = row["correlation"]
+        cells = [_fmt(m, row["scores"][m]) for m in metric_names]
+        cells += [f"{corr[k]:.3f}" if k in corr else "" for k in ("pearson", "spearman", "footrule")]
+        lines.append(f"| {KIND_TITLES[row['kind']]} | {row['name']} | " + " | ".join(cells) + " |")
+    if data["robustness"]:
+        lines += ["", "## Robustness to low-quality candidates (URG Table 5)", "",
+                  "Fused from the true top-2 candidates, then with the worst one / two appended: change in percent "
+                  "(closer to 0 is more robust).", "",
+                  "| Fuser | Input | " + " | ".join(LABELS.get(m, m) for m in metric_names) + " |",
+                  "|" + "---|" * (len(metric_names) + 2)]
+        for name, result in data["robustness"].items():
+            lines.append(f"| {name} | top-2 (score) | " + " | ".join(_fmt(m, result["scores"][m]) for m in metric_names) + " |")
+            for key in ("delta% top2+worst1", "delta% top2+worst2"):
+                lines.append(f"| {name} | {key.split()[1]} (Δ%) | " + " | ".join(f"{result[key][m]:+.1f}" for m in metric_names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_charts(data: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in ("bleu", "rougeL", "bertscore") if m in data["metrics"]]
+    rows = data["rows"]
+    colors = {"model": "#9e9e9e", "random": "#616161", "oracle": "#ffb74d", "rank": "#64b5f6", "fusion": "#2e7d32"}
+    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 0.35 * len(rows) + 1.5), squeeze=False)
+    for ax, metric in zip(axes[0], shown):
+        values = [r["scores"][metric] for r in rows]
+        ax.barh(range(len(rows)), values, color=[colors[r["kind"]] for r in rows])
+        ax.set_yticks(range(len(rows)), [r["name"] for r in rows] if ax is axes[0][0] else [])
+        ax.invert_yaxis()
+        ax.set_title(LABELS[metric])
+        for y, v in enumerate(values):
+            ax.text(v, y, f" {_fmt(metric, v)}", va="center", fontsize=7)
+    fig.suptitle(f"Candidates (grey), selection (orange: oracle, blue: rankers) and fusion (green), "
+                 f"{data['n_records']} test records", fontsize=10)
+    fig.tight_layout()
+    paths = [out / "eval.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    if data["robustness"]:
+        names = list(data["robustness"])
+        fig, ax = plt.subplots(figsize=(2 + 2.2 * len(names), 3.5))
+        width = 0.8 / (2 * len(shown))
+        for j, metric in enumerate(shown):
+            for k, key in enumerate(("delta% top2+worst1", "delta% top2+worst2")):
+                xs = [i + (2 * j + k) * width for i in range(len(names))]
+                ax.bar(xs, [data["robustness"][n][key][metric] for n in names], width,
+                       label=f"{LABELS[metric]}, {key.split()[1]}", alpha=0.55 + 0.45 * k)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names)
+        ax.set_ylabel("change vs top-2 input (%)")
+        ax.set_title("Adding the worst candidates to the fuser's input")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out / "robustness.png")
+        fig.savefig(paths[1], dpi=120)
+        plt.close(fig)
+    return paths

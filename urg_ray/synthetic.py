@@ -1,0 +1,395 @@
+"""Seeded, learnable MixInstruct-format ensembles for CPU-scale training, tests and demos.
+
+The generative story, and why each part is there:
+
+* **A fixed world**: each topic ("kiln", "harbor", ...) owns a pool of short facts ("keeps the
+  warm clay near the river") from a closed vocabulary of a few hundred words. Pools depend
+  only on ``world_seed``, so all splits share one world a small tokenizer covers (:func:`corpus`).
+* **A question** shows its task type in its wording (define / list / steps / compare /
+  benefits) and names a topic (two for compare; sometimes in ``input``). The reference is K
+  facts from the topic's pool in a random order, in the task's template: the question names
+  the pool, only the candidates tell which facts in which order, so a fuser must read them.
+* **Candidate models** carry MixInstruct's model names and an error rate per (model, task)
+  (:data:`MODEL_CARDS`), so no model is best everywhere. A model drops whole facts or replaces
+  them with wrong ones (mostly from the same topic: only agreement between candidates exposes
+  them). Errors are partly shared (``error_correlation``), partly independent, so the union of
+  the top-3's facts usually beats the best candidate: fusion can beat the oracle, which
+  token-level noise would not allow (ARCHITECTURE.md, "Learning at CPU scale").
+* **Each model has a style** (opening, fillers, punctuation habit, bullets, sign-off), as real
+  LLM answers do, so a ranker can learn who is good at what; ``style_strength=0`` removes it.
+* **Noise**: some candidates are off-topic (``off_topic_rate``) or degenerate into loops,
+  refusals or truncation (``degenerate_rate``), so ranking and noise robustness (ERM) matter.
+* ``scores`` come from :func:`urg_ray.metrics.reference_scores` against ``output``.
+
+All randomness comes from ``random.Random`` instances; no global state is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from urg_ray.metrics import reference_scores
+
+TASKS = ("define", "list", "steps", "compare", "benefits")
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a model dresses its answers: the signal a ranker can use to tell models apart."""
+
+    opening: str = ""
+    closing: str = ""
+    fillers: tuple[str, ...] = ()
+    end: str = "."  # its habit for ending a sentence (used on about half of them)
+    bullet: str = ""  # prefix of each sentence
+    joiner: str = " "
+
+
+# MixInstruct's candidate models (``n_candidates`` picks the first n): the probability that the
+# model gets one fact wrong, per task in TASKS order, and its style. Each task has a different
+# best model; vicuna is a solid generalist, best nowhere.
+MODEL_CARDS: dict[str, tuple[tuple[float, ...], Style]] = {
+    #                                    define list  steps compare benefits
+    "oasst-sft-4-pythia-12b-epoch-3.5": ((0.05, 0.35, 0.30, 0.45, 0.25),
+                                         Style("Sure!", "Hope that helps.", ("Also,",))),
+    "koala-7B-HF": ((0.40, 0.10, 0.45, 0.30, 0.35), Style("Well,", "", ("basically,",))),
+    "alpaca-native": ((0.40, 0.35, 0.10, 0.50, 0.45), Style()),
+    "llama-7b-hf-baize-lora-bf16": ((0.45, 0.40, 0.35, 0.10, 0.30), Style("As an AI,", "", ("Moreover,",))),
+    "flan-t5-xxl": ((0.25, 0.50, 0.55, 0.40, 0.50), Style(end=",")),
+    "stablelm-tuned-alpha-7b": ((0.50, 0.45, 0.40, 0.35, 0.10), Style("Of course.", end="!")),
+    "vicuna-13b-1.1": ((0.25, 0.25, 0.25, 0.30, 0.25),
+                       Style("Certainly!", "I hope this helps!", ("Additionally,",))),
+    "dolly-v2-12b": ((0.45, 0.35, 0.25, 0.45, 0.35), Style("Answer:", "", ("basically",))),
+    "moss-moon-003-sft": ((0.35, 0.45, 0.50, 0.15, 0.40), Style("Hi!", bullet="* ", joiner="\n")),
+    "chatglm-6b": ((0.40, 0.30, 0.45, 0.40, 0.15), Style("In short,", "That is all.", ("Furthermore,",))),
+    "mpt-7b": ((0.55, 0.50, 0.45, 0.50, 0.45), Style("", "and so on", ("um,", "so,"))),
+    "mpt-7b-instruct": ((0.35, 0.40, 0.30, 0.35, 0.30), Style("Key points:", bullet="- ", joiner="\n")),
+}
+MODELS = tuple(MODEL_CARDS)
+REFUSALS = ("I am sorry, but I cannot answer that.", "I do not know.", "Please ask again.")
+
+TOPICS = tuple("""kiln harbor lantern orchard glacier violin compass bakery beehive canoe
+telescope volcano greenhouse library bridge windmill garden museum river desert forest castle
+market island satellite printer bicycle kettle piano tractor lighthouse meadow canyon reef
+tunnel festival village engine camera battery""".split())
+_VERBS = tuple("""hold keep carry warm cool mix build store guide protect shape clean measure
+grow feed move join split press turn fill cover mark lift pull push bend fold dry heat share
+count gather trade plant burn melt weave carve paint repair test watch follow open close catch
+collect sort wash polish balance""".split())
+_ADJECTIVES = tuple("""warm cold dry wet bright dark heavy quiet loud small large old young soft
+hard sharp smooth rough narrow wide thin thick clean fresh golden silver green red blue round
+square hollow solid early late rare common simple careful steady gentle strong deep shallow
+tall short long sweet bitter salty wooden brittle""".split())
+_NOUNS = tuple("""water sand stone clay rope glass metal wood salt grain seed leaf root wire
+paper cloth oil smoke steam ice wind shadow wheel gear frame handle blade shell feather thread
+bell lamp map path wall roof door window floor field hill valley coast fish bird horse sheep
+bread honey milk fruit flower tool coin letter song story crowd guest worker child season
+morning evening storm rain snow basket ladder mirror pocket""".split())
+_PREPOSITIONS = ("near", "under", "over", "beside", "behind", "through", "across", "into", "with", "for")
+_DETERMINERS = ("the", "a", "some", "every", "")
+
+INSTRUCTIONS = {
+    "define": ("What is a {0}?", "Define the word {0}.", "Explain what a {0} is."),
+    "list": ("List some facts about the {0}.", "Tell me a few facts about the {0}.", "Give me facts about the {0}."),
+    "steps": ("What are the steps to use a {0}?", "Explain step by step how to work with a {0}.",
+              "How do I use a {0}? Give the steps."),
+    "compare": ("Compare the {0} and the {1}.", "What is the difference between a {0} and a {1}?"),
+    "benefits": ("What are the benefits of a {0}?", "Why should I use a {0}?", "Name the advantages of a {0}."),
+}
+INSTRUCTIONS_WITH_INPUT = {
+    "define": "Define the following word.", "list": "List some facts about the following thing.",
+    "steps": "Explain the steps to use the following thing.", "compare": "Compare the following two things.",
+    "benefits": "What are the benefits of the following thing?",
+}
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Knobs of the generator; the defaults run and leave room for both ranking and fusion."""
+
+    tasks: tuple[str, ...] = TASKS  # task mix: task types drawn uniformly from these
+    n_topics: int = 40  # topics used, the first n of TOPICS
+    pool_size: int = 10  # facts the world knows per topic
+    min_facts: int = 3  # facts per reference answer, drawn uniformly in [min, max]
+    max_facts: int = 5
+    error_scale: float = 1.0  # multiplies every error rate in MODEL_CARDS (capped at 0.95)
+    error_correlation: float = 0.3  # chance a model's error draw on a fact is the one all share
+    drop_share: float = 0.5  # of the errors, share that drops a fact (the rest replace it)
+    wrong_same_topic: float = 0.7  # a replacing fact comes from the same topic's pool
+    off_topic_rate: float = 0.05  # candidates answering about another topic
+    degenerate_rate: float = 0.05  # candidates that loop, refuse or are cut off
+    style_strength: float = 1.0  # chance each style element is applied (0 = no style)
+    filler_rate: float = 0.3  # chance of a filler word before a non-first sentence
+    input_rate: float = 0.2  # questions whose topic goes to ``input``
+    max_words: int = 60  # candidate texts are cut at this many words
+    shuffle_candidates: bool = False  # MixInstruct keeps a fixed model order
+    world_seed: int = 0  # the world (fact pools); keep it equal across splits
+    metrics: tuple[str, ...] = ("bleu", "rouge1", "rouge2", "rougeL", "rougeLsum")
+
+    def __post_init__(self) -> None:
+        rates = ("error_correlation", "drop_share", "wrong_same_topic", "off_topic_rate", "degenerate_rate",
+                 "style_strength", "filler_rate", "input_rate")
+        bad_rates = [r for r in rates if not 0.0 <= getattr(self, r) <= 1.0]
+        checks = [(not bad_rates, f"{', '.join(bad_rates)} must be in [0, 1]"),
+                  (self.off_topic_rate + self.degenerate_rate <= 1.0, "off_topic_rate + degenerate_rate > 1"),
+                  (bool(self.tasks) and set(self.tasks) <= set(TASKS), f"tasks must be a subset of {TASKS}"),
+                  (3 <= self.n_topics <= len(TOPICS), f"n_topics must be in [3, {len(TOPICS)}]"),
+                  (1 <= self.min_facts <= self.max_facts <= self.pool_size <= len(_VERBS),
+                   f"need 1 <= min_facts <= max_facts <= pool_size <= {len(_VERBS)}"),
+                  (self.error_scale >= 0 and self.max_words >= 5, "need error_scale >= 0 and max_words >= 5")]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ValueError(f"SyntheticConfig: {'; '.join(problems)}")
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One fact: its subject topic and a verb phrase, e.g. ('kiln', 'keep', 'the warm clay')."""
+
+    subject: str
+    verb: str
+    rest: str
+
+    def third_person(self) -> str:
+        v = self.verb
+        if v.endswith(("s", "sh", "ch", "x", "z")):
+            return f"{v}es {self.rest}"
+        return f"{v[:-1]}ies {self.rest}" if v.endswith("y") and v[-2] not in "aeiou" else f"{v}s {self.rest}"
+
+    def base(self) -> str:
+        return f"{self.verb} {self.rest}"
+
+
+@dataclass(frozen=True)
+class SyntheticExample:
+    """A record plus the latent facts that produced it (for analysis, tests and headroom)."""
+
+    record: dict[str, Any]
+    task: str
+    topics: tuple[str, ...]
+    reference_facts: tuple[Fact, ...]
+    candidate_facts: tuple[tuple[Fact, ...], ...]  # facts each candidate states, right or wrong
+    kinds: tuple[str, ...]  # per candidate: "normal", "off_topic" or "degenerate"
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _topic_pool(topic: str, cfg: SyntheticConfig) -> tuple[Fact, ...]:
+    """The facts the world knows about ``topic``: fixed by (world_seed, topic, pool_size)."""
+    rng = random.Random(f"urg-synthetic-world/{cfg.world_seed}/{topic}")
+    facts = []
+    for verb in rng.sample(_VERBS, cfg.pool_size):  # distinct verbs keep facts apart
+        det, adj = rng.choice(_DETERMINERS), rng.choice(_ADJECTIVES)
+        det = _article(adj) if det == "a" else det
+        words = [det, adj, rng.choice(_NOUNS)] if det else [adj, rng.choice(_NOUNS)]
+        if rng.random() < 0.35:
+            words += [rng.choice(_PREPOSITIONS), "the", rng.choice(_NOUNS)]
+        facts.append(Fact(topic, verb, " ".join(words)))
+    return tuple(facts)
+
+
+def render(task: str, topics: tuple[str, ...], facts: tuple[Fact, ...]) -> list[str]:
+    """The task template's sentences (capitalised, no final punctuation) stating ``facts``."""
+    sentences = []
+    for i, fact in enumerate(facts):
+        t = topics[0]
+        if task == "define":
+            s = f"{_article(t)} {t} is a thing that {fact.third_person()}" if i == 0 else f"it {fact.third_person()}"
+        elif task == "list":
+            s = f"the {fact.subject} {fact.third_person()}"
+        elif task == "steps":
+            s = f"{'first' if i == 0 else 'finally' if i == len(facts) - 1 else 'next'}, {fact.base()}"
+        elif task == "compare":
+            other = next((o for o in topics if o != fact.subject), topics[-1])
+            s = f"unlike the {other}, the {fact.subject} {fact.third_person()}"
+        elif task == "benefits":
+            s = f"{_article(t)} {t} helps you {fact.base()}" if i == 0 else f"it also helps you {fact.base()}"
+        else:
+            raise ValueError(f"unknown task {task!r}; known: {TASKS}")
+        sentences.append(s[0].upper() + s[1:])
+    return sentences
+
+
+def render_reference(task: str, topics: tuple[str, ...], facts: tuple[Fact, ...]) -> str:
+    """The reference-style text of ``facts``: one sentence per fact, no model style."""
+    return " ".join(s + "." for s in render(task, topics, facts))
+
+
+def ideal_fusion(example: SyntheticExample, top_k: int = 3, metric: str = "bleu") -> str:
+    """The correct facts stated by the true top-k candidates (by ``metric``), in reference order.
+
+    What a perfect fuser of the true top-k would write; scoring above the oracle (the best
+    candidate) shows the data leaves room for fusion.
+    """
+    cands = example.record["candidates"]
+    best = sorted(range(len(cands)), key=lambda i: -cands[i]["scores"][metric])[:top_k]
+    stated = {f for i in best for f in example.candidate_facts[i]}
+    return render_reference(example.task, example.topics, tuple(f for f in example.reference_facts if f in stated))
+
+
+def _reference(rng: random.Random, topics: tuple[str, ...], pools: dict[str, tuple[Fact, ...]],
+               cfg: SyntheticConfig) -> tuple[Fact, ...]:
+    k = rng.randint(cfg.min_facts, cfg.max_facts)
+    if len(topics) == 1:
+        return tuple(rng.sample(pools[topics[0]], k))
+    first, second = rng.sample(pools[topics[0]], (k + 1) // 2), rng.sample(pools[topics[1]], k // 2)
+    return tuple(f for pair in zip(first, [*second, None]) for f in pair if f is not None)  # A, B, A, ...
+
+
+def _model_facts(rng: random.Random, error_rate: float, reference: tuple[Fact, ...], shared: list[float],
+                 pools: dict[str, tuple[Fact, ...]], cfg: SyntheticConfig) -> tuple[Fact, ...]:
+    """The reference with each fact kept, dropped or replaced at the model's error rate."""
+    facts: list[Fact] = []
+    for fact, shared_draw in zip(reference, shared):
+        draw = shared_draw if rng.random() < cfg.error_correlation else rng.random()
+        if draw >= error_rate:
+            facts.append(fact)
+        elif rng.random() >= cfg.drop_share:  # replace it with a plausible wrong fact
+            source = fact.subject if rng.random() < cfg.wrong_same_topic else rng.choice(
+                [t for t in pools if t != fact.subject])
+            wrong = [f for f in pools[source] if f not in reference]
+            if wrong:  # (a pool no larger than the answer has nothing wrong to offer)
+                choice = rng.choice(wrong)
+                facts.append(Fact(fact.subject, choice.verb, choice.rest))
+    return tuple(facts) or (rng.choice(reference),)
+
+
+def _styled(rng: random.Random, sentences: list[str], facts: tuple[Fact, ...], style: Style,
+            cfg: SyntheticConfig) -> list[tuple[str, Fact | None]]:
+    """Dress sentences in a model's style: pieces of text, each with the fact it states."""
+    def on() -> bool:  # one draw per style element
+        return rng.random() < cfg.style_strength
+
+    bullet = style.bullet if on() else ""
+    pieces: list[tuple[str, Fact | None]] = []
+    if style.opening and on():
+        pieces.append((style.opening, None))
+        if not style.opening.endswith((".", "!", "?", ":")):  # "Well, unlike ..."
+            sentences = [sentences[0][0].lower() + sentences[0][1:], *sentences[1:]]
+    for i, (sentence, fact) in enumerate(zip(sentences, facts)):
+        if i > 0 and style.fillers and rng.random() < cfg.filler_rate * cfg.style_strength:
+            sentence = f"{rng.choice(style.fillers)} {sentence[0].lower()}{sentence[1:]}"
+        end = style.end if rng.random() < 0.5 * cfg.style_strength else "."  # a habit, not a rule
+        pieces.append((f"{bullet}{sentence}{end}", fact))
+    if style.closing and on():
+        pieces.append((style.closing, None))
+    return pieces
+
+
+def _assemble(pieces: list[tuple[str, Fact | None]], joiner: str, max_words: int) -> tuple[str, tuple[Fact, ...]]:
+    """Join pieces, cutting at ``max_words`` words; a fact counts only if its piece is whole."""
+    texts, facts, used = [], [], 0
+    for text, fact in pieces:
+        words = text.split(" ")
+        if used + len(words) > max_words:
+            texts.append(" ".join(words[: max_words - used]))
+            break
+        texts.append(text)
+        used += len(words)
+        facts += [fact] if fact is not None else []
+    return joiner.join(t for t in texts if t), tuple(facts)
+
+
+def _candidate(rng: random.Random, model: str, task: str, topics: tuple[str, ...], reference: tuple[Fact, ...],
+               shared: list[float], pools: dict[str, tuple[Fact, ...]],
+               cfg: SyntheticConfig) -> tuple[str, tuple[Fact, ...], str]:
+    """One model's answer: (text, facts it states, kind)."""
+    rates, style = MODEL_CARDS[model]
+    draw = rng.random()
+    if draw < cfg.off_topic_rate:
+        kind, topics = "off_topic", tuple(rng.sample([t for t in pools if t not in topics], len(topics)))
+        facts = _reference(rng, topics, pools, cfg)
+    else:
+        kind = "degenerate" if draw < cfg.off_topic_rate + cfg.degenerate_rate else "normal"
+        error_rate = min(0.95, cfg.error_scale * rates[TASKS.index(task)])
+        facts = _model_facts(rng, error_rate, reference, shared, pools, cfg)
+    pieces = _styled(rng, render(task, topics, facts), facts, style, cfg)
+    max_words = cfg.max_words
+    if kind == "degenerate":
+        mode = rng.choice(("repeat", "empty", "truncate"))
+        if mode == "repeat":  # a loop on the first fact
+            first = next(p for p in pieces if p[1] is not None)
+            pieces = [first] * (max_words // len(first[0].split(" ")) + 1)
+        elif mode == "empty":
+            pieces = [(style.opening or rng.choice(REFUSALS), None)]
+        else:  # cut off within its first half
+            max_words = rng.randint(3, max(3, sum(len(p[0].split(" ")) for p in pieces) // 2))
+    text, stated = _assemble(pieces, style.joiner, max_words)
+    return text, stated, kind
+
+
+def _config(config: SyntheticConfig | None, knobs: dict[str, Any]) -> SyntheticConfig:
+    names = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    if set(knobs) - names:
+        raise ValueError(f"unknown SyntheticConfig knobs {sorted(set(knobs) - names)}; known: {sorted(names)}")
+    return dataclasses.replace(config or SyntheticConfig(), **knobs)
+
+
+def make_examples(n: int, n_candidates: int = 8, seed: int = 0, config: SyntheticConfig | None = None,
+                  id_prefix: str | None = None, score: bool = True, **knobs: Any) -> list[SyntheticExample]:
+    """Like :func:`make_dataset`, with each record's latent facts; ``score=False`` skips scoring."""
+    cfg = _config(config, knobs)
+    if not 1 <= n_candidates <= len(MODELS):
+        raise ValueError(f"n_candidates must be in [1, {len(MODELS)}], got {n_candidates}")
+    prefix = f"synthetic/{seed}" if id_prefix is None else id_prefix
+    rng = random.Random(seed)
+    pools = {t: _topic_pool(t, cfg) for t in TOPICS[: cfg.n_topics]}
+    models = list(MODELS[:n_candidates])
+    examples = []
+    for i in range(n):
+        task = rng.choice(cfg.tasks)
+        topics = tuple(rng.sample(list(pools), 2 if task == "compare" else 1))
+        if rng.random() < cfg.input_rate:
+            instruction, input_text = INSTRUCTIONS_WITH_INPUT[task], " and ".join(topics)
+        else:
+            instruction, input_text = rng.choice(INSTRUCTIONS[task]).format(*topics), ""
+        reference = _reference(rng, topics, pools, cfg)
+        shared = [rng.random() for _ in reference]  # error draws common to all models
+        order = rng.sample(models, len(models)) if cfg.shuffle_candidates else models
+        answers = [_candidate(rng, m, task, topics, reference, shared, pools, cfg) for m in order]
+        record = {
+            "id": f"{prefix}/{i}", "instruction": instruction, "input": input_text,
+            "output": render_reference(task, topics, reference),
+            "candidates": [{"decoding_method": "top_p_sampling", "model": m, "text": text, "scores": {}}
+                           for m, (text, _, _) in zip(order, answers)],
+            "cmp_results": "null",
+        }
+        examples.append(SyntheticExample(record, task, topics, reference,
+                                         tuple(a[1] for a in answers), tuple(a[2] for a in answers)))
+    if score:  # one batched call: the ROUGE scorer caches each reference's tokens
+        cands = [(c, ex.record["output"]) for ex in examples for c in ex.record["candidates"]]
+        scores = reference_scores([c["text"] for c, _ in cands], [ref for _, ref in cands], cfg.metrics)
+        for (cand, _), cand_scores in zip(cands, scores):
+            cand["scores"] = cand_scores
+    return examples
+
+
+def make_dataset(n: int, n_candidates: int = 8, seed: int = 0, config: SyntheticConfig | None = None,
+                 id_prefix: str | None = None, **knobs: Any) -> list[dict[str, Any]]:
+    """``n`` MixInstruct records with ``n_candidates`` scored candidates each.
+
+    ``config`` and/or keyword ``knobs`` (fields of :class:`SyntheticConfig`) set the generator;
+    knobs override ``config``. Deterministic for a seed; ids are ``f"{id_prefix}/{i}"``
+    (default prefix ``synthetic/<seed>``).
+    """
+    return [ex.record for ex in make_examples(n, n_candidates, seed, config, id_prefix, **knobs)]
+
+
+def corpus(n_records: int = 2000, seed: int = 0, n_candidates: int = len(MODELS),
+           config: SyntheticConfig | None = None, **knobs: Any) -> Iterator[str]:
+    """Text to train a tokenizer on: every topic's fact pool, then the questions, references
+    and candidate texts of ``n_records`` (unscored) records."""
+    cfg = _config(config, knobs)
+    for topic in TOPICS[: cfg.n_topics]:
+        yield render_reference("list", (topic,), _topic_pool(topic, cfg))
+    for ex in make_examples(n_records, n_candidates, seed, cfg, score=False):
+        rec = ex.record
+        yield from (t for t in (rec["instruction"], rec["input"], rec["output"]) if t)
+        yield from (c["text"] for c in rec["candidates"])
+

@@ -1,0 +1,282 @@
+"""Training on Ray Train with DeepSpeed ZeRO-2: the only module that touches either.
+
+Reads top to bottom: data preparation (on the driver, before Ray starts, so a bad file fails
+fast), the per-worker loop (set-up, resume, train, evaluate, checkpoint), the trainer factory,
+and `fit`, which runs it and exports the best checkpoint as a `URG.from_pretrained` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from urg_ray import metrics
+from urg_ray.config import ConfigError, JobConfig
+from urg_ray.data import DataError, Record, drop_failed, quality, read_records, write_records
+
+MODEL_DIR = "model"  # inside each checkpoint: the safetensors export
+STATE_FILE = "train_state.json"
+DS_TAG = "deepspeed"  # inside each checkpoint: DeepSpeed's own (trusted, self-written) state
+# Workers log through `logging`: Ray Train forwards it to the driver once (its patched print
+# tees to stdout as well when another library has wrapped it, printing each line twice).
+log = logging.getLogger("urg_ray.train")
+TERMS = ("loss", "rank_loss", "kl_loss", "ce_loss")  # logged per window
+
+
+# ---- data: validated on the driver ----------------------------------------------------------
+def prepare_data(cfg: JobConfig, source: str = "<defaults>") -> dict[str, list[Record]]:
+    """Read train and dev files (making the synthetic ones first when configured and missing)."""
+    d = cfg.data
+    if d.synthetic:  # the test split too, so jobs/evaluate.py finds it later
+        from urg_ray.synthetic import make_dataset
+
+        for path, n, seed in [(d.train_file, d.n_train, d.seed), (d.dev_file, d.n_dev, d.seed + 1),
+                              (d.test_file, d.n_test, d.seed + 2)]:
+            if not Path(path).is_file():
+                write_records(path, make_dataset(n, n_candidates=d.n_candidates, seed=seed, id_prefix=Path(path).stem))
+    files = {"train": d.train_file, "dev": d.dev_file}
+    records = {}
+    for split, path in files.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"{source}: data.{split}_file: {path}: no such file")
+        records[split], failed = drop_failed(read_records(path))
+        if failed:
+            log.warning("%s: left out %d candidates whose generation failed", path, failed)
+        for r in records[split][:1]:
+            try:
+                quality(r, cfg.data.score_keys)
+            except DataError as err:
+                raise ConfigError(f"{source}: data.score_keys: {path}: {err}") from None
+    return records
+
+
+def build_model(cfg: JobConfig):
+    """The model a config asks for: URG, or one of the peer baselines (same training contract)."""
+    overrides = cfg.model.model_dump(exclude={"preset"})
+    if cfg.method == "urg":
+        from urg_ray.model import URG
+
+        model = URG.from_pretrained(cfg.model.preset, seed=cfg.train.seed, **overrides)
+        model.loss_config = cfg.loss
+        return model
+    from urg_ray import baselines
+
+    return baselines.build(cfg.method, cfg.model.preset, **overrides)
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, records: list[Record], score_keys, batch_size: int = 32, fuse_records: int = 0) -> dict:
+    """Dev metrics: rank correlation with ground truth and quality of the top-1 pick (rankers),
+    BLEU of fused answers (URG: its own top-k; GenFuser: the true top-k)."""
+    model.eval()
+    spearman, top1, oracle, fused, refs = [], [], [], [], []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        questions, candidates = [r.question for r in chunk], [[c.text for c in r.candidates] for r in chunk]
+        truths = [quality(r, score_keys)[1] for r in chunk]
+        oracle += [max(t) for t in truths]
+        if hasattr(model, "rank"):
+            ranked = model.rank(questions, candidates)
+            for truth, ranks, scores in zip(truths, ranked.ranks, ranked.scores):
+                if len(truth) > 1:
+                    spearman.append(metrics.spearman(scores[: len(truth)].tolist(), truth))
+                top1.append(truth[ranks[0]])
+        n = max(0, min(len(chunk), fuse_records - start))
+        if n and hasattr(model, "rank_and_fuse"):
+            results = model.rank_and_fuse(questions[:n], candidates[:n], max_new_tokens=model.config.target_max_length)
+            fused += [x.text for x in results]
+        elif n and hasattr(model, "fuse"):
+            best = [sorted(range(len(t)), key=lambda i: -t[i])[: model.config.top_k] for t in truths[:n]]
+            fused += model.fuse(questions[:n], [[c[i] for i in b] for c, b in zip(candidates, best)],
+                                max_new_tokens=model.config.target_max_length)
+        refs += [r.output for r in chunk[:n]]
+    model.train()
+    out = {"dev_spearman": _mean(spearman), "dev_top1_quality": _mean(top1), "dev_oracle_quality": _mean(oracle)}
+    if fused:
+        out["dev_fused_bleu"] = _mean(metrics.bleu(fused, refs))
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+# ---- the per-worker loop --------------------------------------------------------------------
+def deepspeed_config(cfg: JobConfig) -> dict:
+    t = cfg.train
+    return {
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": {"stage": t.zero_stage, "contiguous_gradients": True},
+        "zero_allow_untested_optimizer": True,  # a torch AdamW: no fused_adam JIT build on CPU
+        "bf16": {"enabled": t.bf16},
+        "steps_per_print": 1 << 30,  # we log ourselves
+    }
+
+
+def warmup_linear(warmup: int, total: int):
+    """LR multiplier: linear warm-up to the peak, then linear decay to 0 (paper §4.1)."""
+    return lambda step: (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    cfg = JobConfig.model_validate(config["job"])
+    t = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(t.seed + rank)
+
+    # -- set-up
+    model = build_model(cfg).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    steps_per_epoch = config["n_train"] // world // t.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{config['n_train']} training records < one batch on each of {world} workers")
+    total = t.max_steps or math.ceil(t.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(t.warmup_steps, total))
+    engine, *_ = deepspeed.initialize(model=model.to(ray.train.torch.get_device()), optimizer=optimizer,
+                                      lr_scheduler=scheduler, config=deepspeed_config(cfg))
+    dev = [Record.model_validate_json(s) for s in config["dev"]][: t.dev_max_records]
+
+    # -- resume: the run's own latest checkpoint, else an explicit folder
+    step, state = 0, {"history": []}
+    checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(t.resume_from) if t.resume_from else None)
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            engine.load_checkpoint(d, tag=DS_TAG)
+            state = json.loads((Path(d) / STATE_FILE).read_text())
+        step = state["resumed_from"] = state["step"]
+        if rank == 0:
+            log.info(f"[train] resumed from step {step} ({checkpoint.path})")
+    probe = dev[:4]
+
+    def save(metrics_now: dict) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            engine.save_checkpoint(d, tag=DS_TAG)  # collective: every rank writes its ZeRO shard
+            if rank == 0:
+                model.save_pretrained(Path(d) / MODEL_DIR)
+                # probe_scores: what this model ranks now, so a reload can be checked against it
+                if hasattr(model, "rank"):
+                    probe_scores = model.eval().rank([r.question for r in probe], [[c.text for c in r.candidates] for r in probe])
+                    state["probe_scores"] = probe_scores.scores.tolist()
+                    model.train()
+                state.update(step=step, metrics=metrics_now)
+                (Path(d) / STATE_FILE).write_text(json.dumps(state))
+            ray.train.report(metrics_now, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    def dev_metrics() -> dict:
+        out = [evaluate(model, dev, cfg.data.score_keys, fuse_records=t.dev_fuse_records) if rank == 0 else None]
+        if world > 1:
+            dist.broadcast_object_list(out, src=0)  # every rank reports the same numbers
+        return out[0]
+
+    # -- train
+    shard = ray.train.get_dataset_shard("train")
+    window = dict.fromkeys(TERMS, 0.0) | {"n": 0, "samples": 0, "t0": time.perf_counter()}
+    first_step, throughput = step, []
+    while step < total:
+        epoch, skip = divmod(step, steps_per_epoch)
+        batches = shard.iter_batches(batch_size=t.batch_size, drop_last=True, batch_format="numpy",
+                                     local_shuffle_buffer_size=4 * t.batch_size, local_shuffle_seed=t.seed + epoch)
+        for i, rows in enumerate(batches):
+            if i < skip:
+                continue  # resuming mid-epoch
+            if i >= steps_per_epoch or step >= total:
+                break
+            batch = model.collator([Record.model_validate_json(s) for s in rows["record"]]).to(engine.device)
+            out = engine(batch, gamma=cfg.loss.gamma_at(step)) if cfg.method == "urg" else engine(batch)
+            engine.backward(out.loss)
+            engine.step()
+            step += 1
+            window["n"] += 1
+            window["samples"] += len(rows["record"]) * world
+            for term in TERMS:  # baselines have fewer terms
+                window[term] += float(getattr(out, term, None) or 0.0)
+            if step % t.log_every == 0 or step == total:
+                rate = window["samples"] / (time.perf_counter() - window["t0"])
+                if step - first_step > t.log_every:  # the first window carries start-up costs
+                    throughput.append(rate)
+                entry = {"step": step, "samples_per_s": rate, **{term: window[term] / window["n"] for term in TERMS}}
+                state["history"].append(entry)
+                if rank == 0:
+                    log.info(f"[train] step {step}/{total} epoch {epoch} | loss {entry['loss']:.4f} (rank "
+                             f"{entry['rank_loss']:.4f} kl {entry['kl_loss']:.4f} ce {entry['ce_loss']:.4f}) | gamma "
+                             f"{cfg.loss.gamma_at(step):.2f} lr {scheduler.get_last_lr()[0]:.2e} | {rate:.1f} samples/s")
+                window = dict.fromkeys(TERMS, 0.0) | {"n": 0, "samples": 0, "t0": time.perf_counter()}
+            if step % t.checkpoint_every == 0 or step == total:
+                found = {**dev_metrics(), "step": step, "samples_per_s": _mean(throughput)}
+                if rank == 0:
+                    log.info("[eval] " + " ".join(f"{k} {v:.4f}" for k, v in found.items()))
+                save(found)
+
+
+def checkpoint_metric(cfg: JobConfig) -> str:
+    """URG: as configured; a ranker has no fused text, GenFuser no ranking."""
+    return {"urg": cfg.train.checkpoint_metric, "gen_fuser": "dev_fused_bleu"}.get(cfg.method, "dev_top1_quality")
+
+
+# ---- the trainer and the driver side --------------------------------------------------------
+def build_trainer(cfg: JobConfig, records: dict[str, list[Record]], loop=None):
+    """A TorchTrainer running `loop` (default: train_loop_per_worker) on `records`."""
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    train = [r.model_dump_json() for r in records["train"]]
+    random.Random(t.seed).shuffle(train)
+    return TorchTrainer(
+        loop or train_loop_per_worker,
+        train_loop_config={"job": cfg.model_dump(), "n_train": len(train),
+                           "dev": [r.model_dump_json() for r in records["dev"]]},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=RunConfig(
+            name=t.name, storage_path=str(Path(t.storage_path).resolve()),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=checkpoint_metric(cfg),
+                                               checkpoint_score_order="max"),
+        ),
+        datasets={"train": ray.data.from_items([{"record": s} for s in train])},
+    )
+
+
+def fit(cfg: JobConfig, records: dict[str, list[Record]], out_dir: str | os.PathLike) -> dict:
+    """Train, then copy the best checkpoint's model to `out_dir/model`; returns the summary."""
+    started = time.time()
+    result = build_trainer(cfg, records).fit()
+    metric = checkpoint_metric(cfg)
+    scored = [(c, m) for c, m in result.best_checkpoints if not math.isnan(m.get(metric, math.nan))]
+    best, best_metrics = max(scored, key=lambda cm: cm[1][metric]) if scored else (
+        result.checkpoint, result.metrics)
+    out = Path(out_dir)
+    target = out / MODEL_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    with best.as_directory() as d:
+        shutil.copytree(Path(d) / MODEL_DIR, target)
+    summary = {"model_dir": str(target), "best_checkpoint": best.path, "best_metrics": best_metrics,
+               "final_metrics": result.metrics, "num_workers": cfg.train.num_workers, "use_gpu": cfg.train.use_gpu,
+               "dtype": "bfloat16" if cfg.train.bf16 else "float32", "batch_size_per_worker": cfg.train.batch_size,
+               "samples_per_s": result.metrics.get("samples_per_s"), "wall_s": round(time.time() - started, 1),
+               "config": cfg.model_dump()}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
