@@ -11,7 +11,7 @@ import torch
 
 from urg_ray import URG
 from urg_ray.config import JobConfig, LossConfig
-from urg_ray.train import warmup_linear
+from urg_ray.train import build_model, warmup_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,14 @@ def test_gamma_is_off_then_ramps_to_its_value():
 def _latest_state(run_dir: Path) -> dict:
     states = sorted(run_dir.glob("checkpoint_*/train_state.json"), key=lambda p: json.loads(p.read_text())["step"])
     return json.loads(states[-1].read_text())
+
+
+@pytest.mark.parametrize("method", ["pair_ranker", "summa_reranker", "simcls", "gen_fuser"])
+def test_every_method_builds_from_the_shared_model_section(method):
+    cfg = JobConfig.model_validate({"method": method, "model": {"encode_batch_size": 7, "top_k": 2}})
+    model = build_model(cfg)
+    assert model.config.method == method
+    assert (model.config.sequences_per_call, model.config.top_k) == (7, 2)
 
 
 @pytest.mark.slow

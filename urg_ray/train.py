@@ -71,6 +71,10 @@ def build_model(cfg: JobConfig):
         return model
     from urg_ray import baselines
 
+    # the rankers' name for the same knob: encoder sequences per call
+    per_call = overrides.pop("encode_batch_size")
+    if per_call is not None:
+        overrides["sequences_per_call"] = per_call
     return baselines.build(cfg.method, cfg.model.preset, **overrides)
 
 
