@@ -72,7 +72,8 @@ _DEBERTA_V3 = dict(relative_attention=True, position_buckets=256, norm_rel_ebd="
 RANKER_PRESETS: dict[str, RankerPreset] = {
     "tiny": RankerPreset(
         "random-init DeBERTa-v3-style encoder, ~2.0M params (= URG tiny), local subword tokenizer",
-        deberta=dict(_DEBERTA_V3, hidden_size=180, num_hidden_layers=3, num_attention_heads=4, intermediate_size=720),
+        deberta=dict(_DEBERTA_V3, hidden_size=180, num_hidden_layers=3, num_attention_heads=4, intermediate_size=720,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),  # as URG tiny: no dropout
     ),
     "deberta-v3-large": RankerPreset(
         "microsoft/deberta-v3-large (435M), LLM-Blender's ranker backbone",
