@@ -189,8 +189,9 @@ class Batch:
     quality: torch.Tensor | None = None  # (B, N) ground truth r_i, -inf at padded slots
 
     def to(self, device: torch.device | str) -> "Batch":
+        """The same batch (subclasses included) with every tensor on `device`."""
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
-        return Batch(**moved)
+        return type(self)(**moved)
 
 
 class Collator:

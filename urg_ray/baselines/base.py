@@ -114,9 +114,6 @@ class RankerBatch(Batch):
     source_ids: torch.Tensor | None = None  # (B, Ls)
     source_mask: torch.Tensor | None = None  # (B, Ls)
 
-    def to(self, device: torch.device | str) -> "RankerBatch":
-        return type(self)(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()})
-
 
 def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
