@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The CPU-scale study of docs/results/study.md (issue 8), end to end (~1.5 h on 2 cores):
+# synthetic data, three URG variants and four baselines (one at a time), then one table.
+#   bash jobs/study.sh            # everything;  STUDY_ONLY="urg simcls" bash jobs/study.sh: some models
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=jobs/configs/study.yaml
+RESULTS=${RESULTS:-docs/results}
+
+[ -f data/study/test.jsonl ] || python jobs/make_data.py --out data/study --n-train 16000 --n-dev 200 --n-test 200
+
+train() {  # NAME, then --set overrides
+  local name=$1; shift
+  if [ -n "${STUDY_ONLY:-}" ] && [[ " $STUDY_ONLY " != *" $name "* ]]; then return; fi
+  python jobs/train.py --config "$CONFIG" --set "train.name=study-$name" "$@" --out "outputs/study/$name" \
+    2>&1 | tee "outputs/study/$name.log"
+}
+mkdir -p outputs/study
+train urg
+train urg-no-rank   --set loss.rank_loss=false
+train urg-no-erm    --set loss.erm=false
+# rankers: a random-init DeBERTa is less stable than T5 at 1e-3
+train pair_ranker   --set method=pair_ranker    --set train.lr=5e-4 --set train.max_steps=1000
+train summa_reranker --set method=summa_reranker --set train.lr=5e-4 --set train.max_steps=1000
+train simcls        --set method=simcls         --set train.lr=5e-4 --set train.max_steps=1000
+train gen_fuser     --set method=gen_fuser
+
+python jobs/evaluate.py --config "$CONFIG" --robustness --out "$RESULTS" \
+  --urg URG=outputs/study/urg/model \
+  --urg "URG w/o ranking loss"=outputs/study/urg-no-rank/model \
+  --urg "URG w/o ERM"=outputs/study/urg-no-erm/model \
+  --ranker PairRanker=outputs/study/pair_ranker/model \
+  --ranker SummaReranker=outputs/study/summa_reranker/model \
+  --ranker SimCLS=outputs/study/simcls/model \
+  --fuser GenFuser=outputs/study/gen_fuser/model
