@@ -221,9 +221,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 entry = {"step": step, "samples_per_s": rate, **{term: window[term] / window["n"] for term in TERMS}}
                 state["history"].append(entry)
                 if rank == 0:
-                    log.info(f"[train] step {step}/{total} epoch {epoch} | loss {entry['loss']:.4f} (rank "
-                             f"{entry['rank_loss']:.4f} kl {entry['kl_loss']:.4f} ce {entry['ce_loss']:.4f}) | gamma "
-                             f"{cfg.loss.gamma_at(step):.2f} lr {scheduler.get_last_lr()[0]:.2e} | {rate:.1f} samples/s")
+                    terms = (f" (rank {entry['rank_loss']:.4f} kl {entry['kl_loss']:.4f} ce {entry['ce_loss']:.4f}) | "
+                             f"gamma {cfg.loss.gamma_at(step):.2f}") if cfg.method == "urg" else ""  # eq. 11's terms
+                    log.info(f"[train] step {step}/{total} epoch {epoch} | loss {entry['loss']:.4f}{terms} | "
+                             f"lr {scheduler.get_last_lr()[0]:.2e} | {rate:.1f} samples/s")
                 window = dict.fromkeys(TERMS, 0.0) | {"n": 0, "samples": 0, "t0": time.perf_counter()}
             if step % t.checkpoint_every == 0 or step == total:
                 found = {**dev_metrics(), "step": step, "samples_per_s": _mean(throughput)}
