@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU-scale study of docs/results/study.md (issue 8), end to end (~1.5 h on 2 cores):
+# The CPU-scale study of docs/results/study.md (issue 8), end to end (~2 h on 2 cores):
 # synthetic data, three URG variants and four baselines (one at a time), then one table.
 #   bash jobs/study.sh            # everything;  STUDY_ONLY="urg simcls" bash jobs/study.sh: some models
 set -euo pipefail
