@@ -19,7 +19,7 @@ mkdir -p outputs/study
 train urg
 train urg-no-rank   --set loss.rank_loss=false
 train urg-no-erm    --set loss.erm=false
-# rankers: a random-init DeBERTa is less stable than T5 at 1e-3
+# rankers: 5e-4 is a guess for random-init DeBERTa (not tuned; 1e-3 not tried)
 train pair_ranker   --set method=pair_ranker    --set train.lr=5e-4 --set train.max_steps=1000
 train summa_reranker --set method=summa_reranker --set train.lr=5e-4 --set train.max_steps=1000
 train simcls        --set method=simcls         --set train.lr=5e-4 --set train.max_steps=1000

@@ -31,7 +31,7 @@ class Preset:
 _FLAN_T5 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, d_kv=64, vocab_size=32128)
 
 PRESETS: dict[str, Preset] = {
-    # No dropout: the synthetic data is plentiful (a fresh sample per step), and on this CPU
+    # No dropout: a run sees each synthetic record only a few times (the study ~1.5), and on this CPU
     # dropout's random masks took 29% of a training step (B=16: 21.4 -> 33.2 samples/s without).
     "tiny": Preset(
         "random-init T5 + learned positions, 2.0M params, local subword tokenizer; CPU default",

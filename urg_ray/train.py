@@ -71,7 +71,7 @@ def build_model(cfg: JobConfig):
         return model
     from urg_ray import baselines
 
-    # the rankers' name for the same knob: encoder sequences per call
+    # the rankers' name for the same knob: encoder sequences per call (None: keep their default)
     per_call = overrides.pop("encode_batch_size")
     if per_call is not None:
         overrides["sequences_per_call"] = per_call
