@@ -13,7 +13,8 @@ carries its `args` (AppArgs) and per-deployment options, never logic. Routes:
     GET  /healthz               200 when the ranker-fuser answers, else 503
 
 Each candidate has a timeout; a failed or late one is dropped and listed in `urg.dropped`; with
-none left the answer is 503 naming every reason. Errors use the OpenAI error body.
+none left the answer is 503 naming every reason. A blank fused answer is replaced by the
+top-ranked candidate, and `urg.note` says so. Errors use the OpenAI error body.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real `Request` type of the

@@ -65,7 +65,8 @@ class URGRankerFuser:
         for (top_k, max_new_tokens), members in groups.items():
             fused = await asyncio.to_thread(
                 self.urg.rank_and_fuse, [items[i].question for i in members],
-                [list(items[i].candidates) for i in members], top_k=top_k, max_new_tokens=max_new_tokens)
+                [list(items[i].candidates) for i in members], top_k=top_k, max_new_tokens=max_new_tokens,
+                empty_fallback=True)
             for i, result in zip(members, fused):
                 results[i] = {"text": result.text, "ranks": result.ranks, "scores": result.scores,
                               "selected": result.selected, "note": result.note}

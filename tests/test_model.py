@@ -96,6 +96,18 @@ def test_rank_and_fuse_uses_top_k_and_reports_it(tiny):
     assert second.selected == second.ranks and "fused all 2" in second.note
 
 
+def test_an_empty_fusion_falls_back_to_the_top_ranked_candidate_only_when_asked(tiny):
+    # Forcing EOS as the first generated token makes the fused text empty, whatever the weights.
+    eos = {"forced_bos_token_id": tiny.tokenizer.eos_token_id, "max_new_tokens": 4}
+    plain = tiny.rank_and_fuse(QUESTIONS, CANDIDATES, **eos)
+    assert [r.text for r in plain] == ["", ""] and plain[0].note is None
+    served = tiny.rank_and_fuse(QUESTIONS, CANDIDATES, empty_fallback=True, **eos)
+    for result, cands, before in zip(served, CANDIDATES, plain):
+        assert result.text == cands[result.ranks[0]] and result.ranks == before.ranks
+        assert "top-ranked candidate" in result.note
+    assert "fused all 2" in served[1].note  # earlier notes are kept
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"num_beams": 3}, {"do_sample": True, "top_p": 0.9}])
 def test_fusion_decodes_greedy_beam_and_sampling(tiny, kwargs):
     torch.manual_seed(0)

@@ -258,11 +258,14 @@ class URG(nn.Module):
 
     @torch.no_grad()
     def rank_and_fuse(self, questions: Sequence[str], candidates: Sequence[Sequence[str]],
-                      top_k: int | None = None, max_new_tokens: int = 128, **generate_kwargs) -> list[FusionResult]:
+                      top_k: int | None = None, max_new_tokens: int = 128, empty_fallback: bool = False,
+                      **generate_kwargs) -> list[FusionResult]:
         """Rank, keep the top-k candidates' encoder states (no re-encoding) and generate y*.
 
         `generate_kwargs` go to Hugging Face `generate` (num_beams, do_sample, top_p, ...).
         With fewer than top_k candidates, all are fused and the result's `note` says so.
+        `empty_fallback=True` (what Serve uses) answers with the top-ranked candidate when the
+        fused text is blank, and says so in `note`; evaluation keeps it off to score fusion alone.
         """
         k = top_k or self.config.top_k
         if k < 1:
@@ -276,9 +279,13 @@ class URG(nn.Module):
         results = []
         for b, cands in enumerate(candidates):
             n = len(cands)
-            note = f"{n} candidates < top_k={k}: fused all {n}" if n < k else None
-            results.append(FusionResult(texts[b], order[b, :n].tolist(), scores[b, :n].tolist(),
-                                        top[b][keep[b]].tolist(), note))
+            notes = [f"{n} candidates < top_k={k}: fused all {n}"] if n < k else []
+            text = texts[b]
+            if empty_fallback and not text.strip():
+                text = cands[int(order[b, 0])]
+                notes.append("the fused answer was empty: the top-ranked candidate is returned")
+            results.append(FusionResult(text, order[b, :n].tolist(), scores[b, :n].tolist(),
+                                        top[b][keep[b]].tolist(), "; ".join(notes) or None))
         return results
 
     @torch.no_grad()
