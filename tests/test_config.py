@@ -48,4 +48,5 @@ def test_shipped_presets_load_and_tiny_yaml_is_the_default():
     assert (xl.model.preset, xl.train.epochs, xl.train.batch_size, xl.train.lr, xl.model.dropout) == ("flan-t5-xl", 10, 4, 8e-5, 0.1)
     assert (xl.train.bf16, xl.train.zero_stage, xl.train.num_workers, xl.train.use_gpu) == (True, 2, 8, True)
     large = load_config(configs / "flan-t5-large.yaml")
+    assert all(c.loss.gamma_at(0) == 5.0 for c in (xl, large))  # no warm-up for pretrained models
     assert (large.model.preset, large.train.epochs, large.train.batch_size) == ("flan-t5-large", 20, 16)

@@ -47,7 +47,7 @@ def test_warmup_then_linear_decay():
 def test_gamma_is_off_then_ramps_to_its_value():
     cfg = LossConfig(gamma=5.0, rank_start_step=10, rank_ramp_steps=4)
     assert [cfg.gamma_at(s) for s in (0, 9, 10, 11, 13, 100)] == [0.0, 0.0, 1.25, 2.5, 5.0, 5.0]
-    assert LossConfig().gamma_at(0) == 5.0
+    assert LossConfig(rank_start_step=0, rank_ramp_steps=0).gamma_at(0) == 5.0  # the paper: on from the start
 
 
 def _latest_state(run_dir: Path) -> dict:

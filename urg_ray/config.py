@@ -51,9 +51,10 @@ class LossConfig(_Strict):
     rank_loss: bool = True  # False: "w/o ranking loss"
     erm: bool = True  # False: "w/o ERM" (no KL, no top-k + worst CE)
     # gamma is 0 until rank_start_step, then ramps linearly to `gamma` over rank_ramp_steps:
-    # a fuser that does not copy yet gives the ranker nothing to learn from (ARCHITECTURE.md).
-    rank_start_step: int = Field(0, ge=0)
-    rank_ramp_steps: int = Field(0, ge=0)
+    # a random-init fuser that does not copy yet gives the ranker nothing to learn from
+    # (ARCHITECTURE.md). Pretrained flan-t5 already copies: its configs set 0 and 0 (the paper).
+    rank_start_step: int = Field(400, ge=0)
+    rank_ramp_steps: int = Field(300, ge=0)
 
     def gamma_at(self, step: int) -> float:
         if step < self.rank_start_step:
@@ -69,7 +70,7 @@ class DataConfig(_Strict):
     score_keys: list[str] = Field(default_factory=lambda: ["bartscore", "bleu"], min_length=1)
     synthetic: bool = True  # make the synthetic files when they are missing (the CPU default)
     n_candidates: int = Field(8, ge=1)  # synthetic only
-    n_train: int = Field(4000, ge=1)  # synthetic only
+    n_train: int = Field(12000, ge=1)  # synthetic only
     n_dev: int = Field(200, ge=1)  # synthetic only
     n_test: int = Field(200, ge=1)  # synthetic only
     seed: int = 0
@@ -84,14 +85,14 @@ class TrainConfig(_Strict):
     batch_size: int = Field(8, ge=1)  # per worker; global batch = batch_size * num_workers
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(50, ge=0)  # then linear decay to 0 (paper §4.1)
+    warmup_steps: int = Field(100, ge=0)  # then linear decay to 0 (paper §4.1)
     grad_clip: float = Field(1.0, gt=0)
     bf16: bool = False
     zero_stage: Literal[0, 1, 2] = 2
-    log_every: int = Field(10, ge=1)
-    checkpoint_every: int = Field(100, ge=1)  # evaluates on dev, then saves
+    log_every: int = Field(25, ge=1)
+    checkpoint_every: int = Field(250, ge=1)  # evaluates on dev, then saves
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)  # worker failures survived by restarting from the last checkpoint
     checkpoint_metric: Literal["dev_fused_bleu", "dev_top1_quality", "dev_spearman"] = "dev_fused_bleu"
