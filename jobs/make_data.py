@@ -1,6 +1,6 @@
 """Write a synthetic MixInstruct-format data set: train.jsonl, dev.jsonl, test.jsonl.
 
-    python jobs/make_data.py [--out data/synthetic] [--n-train 4000 --n-dev 200 --n-test 200]
+    python jobs/make_data.py [--out data/synthetic] [--n-train 12000 --n-dev 200 --n-test 200]
                              [--n-candidates 8] [--seed 0] [--set knob=value ...]
 
 Knobs are the fields of `urg_ray.synthetic.SyntheticConfig` (e.g. `--set off_topic_rate=0.1`,
@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from urg_ray.config import DataConfig
 from urg_ray.data import write_records
 from urg_ray.metrics import bleu
 from urg_ray.synthetic import MODELS, SyntheticConfig, SyntheticExample, ideal_fusion, make_examples
@@ -67,9 +68,10 @@ def headroom(examples: list[SyntheticExample], top_k: int = 3) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="data/synthetic", help="output folder")
-    parser.add_argument("--n-train", type=int, default=4000)
-    parser.add_argument("--n-dev", type=int, default=200)
-    parser.add_argument("--n-test", type=int, default=200)
+    defaults = DataConfig()  # the same files `jobs/train.py` makes on first use
+    parser.add_argument("--n-train", type=int, default=defaults.n_train)
+    parser.add_argument("--n-dev", type=int, default=defaults.n_dev)
+    parser.add_argument("--n-test", type=int, default=defaults.n_test)
     parser.add_argument("--n-candidates", type=int, default=8, help=f"1..{len(MODELS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="knobs", action="append", default=[], metavar="KNOB=VALUE",
