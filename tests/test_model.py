@@ -56,17 +56,26 @@ def test_ranks_are_scores_sorted_best_first(tiny):
         assert torch.all(values[:-1] >= values[1:])
 
 
-def test_sdpa_encoder_gives_the_scores_of_an_all_eager_model(tiny):
-    encoder_config = tiny.model.get_encoder().config
-    assert encoder_config._attn_implementation == "sdpa"
-    assert tiny.model.get_decoder().config._attn_implementation == "eager"
-    fast = tiny.rank(QUESTIONS, CANDIDATES).scores
-    encoder_config._attn_implementation = "eager"
+def test_sdpa_gives_the_scores_losses_and_answers_of_an_all_eager_model(tiny):
+    encoder, decoder = tiny.model.get_encoder().config, tiny.model.get_decoder().config
+    assert (encoder._attn_implementation, decoder._attn_implementation) == ("sdpa", "sdpa")
+    batch = _batch(tiny)
+
+    def run():
+        fused = tiny.rank_and_fuse(QUESTIONS, CANDIDATES, max_new_tokens=6, min_new_tokens=6)
+        return tiny.rank(QUESTIONS, CANDIDATES).scores, tiny(batch), [r.text for r in fused]
+
+    fast = run()
+    assert decoder._attn_implementation == "sdpa"  # the ranking step switched it back
+    encoder._attn_implementation = decoder._attn_implementation = "eager"
     try:
-        slow = tiny.rank(QUESTIONS, CANDIDATES).scores
+        slow = run()
     finally:
-        encoder_config._attn_implementation = "sdpa"
-    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6)
+        encoder._attn_implementation = decoder._attn_implementation = "sdpa"
+    torch.testing.assert_close(fast[0], slow[0], rtol=1e-4, atol=1e-6)
+    for term in ("loss", "rank_loss", "kl_loss", "ce_loss"):
+        assert getattr(fast[1], term).item() == pytest.approx(getattr(slow[1], term).item(), rel=1e-4, abs=1e-6)
+    assert fast[2] == slow[2] and all(fast[2])
 
 
 def test_select_top_k_breaks_ties_by_index_and_flags_missing_candidates():

@@ -8,8 +8,10 @@ their states concatenated, (B, N*L). One decoder step ranks the candidates by cr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +30,7 @@ from urg_ray.presets import get_preset, set_dropout, t5_config, tiny_tokenizer
 
 log = logging.getLogger(__name__)
 URG_CONFIG_FILE = "urg_config.json"
+_RANKING_STEP = threading.Lock()  # the decoder is eager only inside rank_scores (see there)
 MAX_POSITIONS = 512  # learned absolute positions (tiny): pair length and answer length limit
 
 
@@ -101,12 +104,14 @@ class URG(nn.Module):
         self.loss_config = loss_config or LossConfig()
         self.collator = Collator(tokenizer, self.config.source_max_length, self.config.candidate_max_length,
                                  self.config.target_max_length)
-        # Cross-attention weights need an eager decoder (sdpa returns none); the encoder,
-        # where the cost is, keeps the fast kernel when the model has a config of its own.
+        # Ranking reads the first decoder step's cross-attention weights, which only eager
+        # attention returns; everything else (encoder, teacher-forced decoding, generate) runs
+        # on sdpa when the model gives encoder and decoder configs of their own (T5 does).
         model.config._attn_implementation = "eager"
-        encoder_config = model.get_encoder().config
-        if encoder_config is not model.config:
-            encoder_config._attn_implementation = "sdpa"
+        self._decoder_config = model.get_decoder().config
+        for part in (model.get_encoder().config, self._decoder_config):
+            if part is not model.config:
+                part._attn_implementation = "sdpa"
         self.positions = None
         if self.config.absolute_positions:
             self.positions = AbsolutePositions(MAX_POSITIONS, model.config.d_model).attach(model)
@@ -197,15 +202,29 @@ class URG(nn.Module):
         """
         b, n, length, _ = states.shape
         start = torch.full((b, 1), self.model.config.decoder_start_token_id, device=states.device)
-        decoder_out = self.model.get_decoder()(
-            input_ids=start, encoder_hidden_states=states.reshape(b, n * length, -1),
-            encoder_attention_mask=mask.reshape(b, n * length), output_attentions=True, use_cache=False,
-        )
+        with self._eager_decoder():
+            decoder_out = self.model.get_decoder()(
+                input_ids=start, encoder_hidden_states=states.reshape(b, n * length, -1),
+                encoder_attention_mask=mask.reshape(b, n * length), output_attentions=True, use_cache=False,
+            )
         # cross_attentions: one (B, heads, 1, N*L) per layer -> mean over layers and heads
         attention = torch.stack(decoder_out.cross_attentions).float().mean(dim=(0, 2))[:, 0]
         attention = attention.reshape(b, n, length)
         scores = (attention * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # / T_p, eq. 6
         return scores.masked_fill(~candidate_mask, float("-inf"))
+
+    @contextlib.contextmanager
+    def _eager_decoder(self):
+        """The decoder on eager attention for one call. Attention modules read the
+        implementation from their config at each forward, so switching it is enough; the lock
+        keeps two threads' ranking steps (Serve, Ray Data actors) from switching it back early."""
+        config = self._decoder_config
+        with _RANKING_STEP:
+            before, config._attn_implementation = config._attn_implementation, "eager"
+            try:
+                yield
+            finally:
+                config._attn_implementation = before
 
     def _decoder_logits(self, states: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) of the reference given concatenated encoder states."""
