@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
@@ -27,6 +26,7 @@ from urg_ray.config import LossConfig, ModelConfig
 from urg_ray.data import Batch, Collator
 from urg_ray.positions import POSITIONS_FILE, AbsolutePositions
 from urg_ray.presets import get_preset, set_dropout, t5_config, tiny_tokenizer
+from urg_ray.saving import load_parts, save_folder
 
 log = logging.getLogger(__name__)
 URG_CONFIG_FILE = "urg_config.json"
@@ -151,20 +151,14 @@ class URG(nn.Module):
                 set_dropout(model, config.dropout)
                 model.config.dropout_rate = config.dropout
             urg = cls(model, tokenizer, config)
-        if urg.positions is not None and path.is_dir():
-            urg.positions.load_state_dict(load_file(path / POSITIONS_FILE))
+        if path.is_dir():
+            load_parts(path, {POSITIONS_FILE: urg.positions})
         return urg.eval()
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Weights as safetensors, the backbone config, the tokenizer and urg_config.json."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
-        (path / URG_CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
-        if self.positions is not None:
-            save_file({k: v.contiguous() for k, v in self.positions.state_dict().items()}, path / POSITIONS_FILE)
-        return path
+        return save_folder(path, self.model, self.tokenizer, self.config, URG_CONFIG_FILE,
+                           {POSITIONS_FILE: self.positions})
 
     @property
     def device(self) -> torch.device:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer
 
@@ -23,8 +22,8 @@ from urg_ray.baselines.presets import BASELINE_CONFIG_FILE, HEAD_FILE, BaselineC
 from urg_ray.data import Batch, Collator
 from urg_ray.positions import POSITIONS_FILE
 from urg_ray.presets import set_dropout
+from urg_ray.saving import load_parts, save_folder
 
-SAVED_PARTS = {"head": HEAD_FILE, "positions": POSITIONS_FILE}  # modules saved beside the backbone
 
 
 class Baseline(nn.Module):
@@ -67,9 +66,7 @@ class Baseline(nn.Module):
                 raise ValueError(f"{path} holds a {saved.method!r} model, not {cls.method!r}")
             config = BaselineConfig.model_validate({**saved.model_dump(), **overrides})
             model = cls(cls._load_backbone(path, dtype), AutoTokenizer.from_pretrained(path), config)
-            for name, file in SAVED_PARTS.items():
-                if getattr(model, name) is not None:
-                    getattr(model, name).load_state_dict(load_file(path / file))
+            load_parts(path, model._saved_parts())
         else:
             defaults = cls._preset_defaults(str(name_or_path))
             overrides = {k: v for k, v in overrides.items() if v is not None or k not in defaults}
@@ -87,15 +84,12 @@ class Baseline(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Backbone (safetensors + config.json), tokenizer, baseline_config.json, head."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
-        (path / BASELINE_CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
-        for name, file in SAVED_PARTS.items():
-            if getattr(self, name) is not None:
-                save_file({k: v.contiguous() for k, v in getattr(self, name).state_dict().items()}, path / file)
-        return path
+        return save_folder(path, self.backbone, self.tokenizer, self.config, BASELINE_CONFIG_FILE,
+                           self._saved_parts())
+
+    def _saved_parts(self) -> dict[str, nn.Module | None]:
+        """Modules saved beside the backbone: the scoring head and the absolute positions."""
+        return {HEAD_FILE: self.head, POSITIONS_FILE: self.positions}
 
     @property
     def device(self) -> torch.device:
