@@ -25,7 +25,6 @@ from urg_ray.presets import set_dropout
 from urg_ray.saving import load_parts, save_folder
 
 
-
 class Baseline(nn.Module):
     """A backbone, its tokenizer, a `BaselineConfig` and an optional scoring `head`."""
 
