@@ -108,8 +108,7 @@ class URG(nn.Module):
         # attention returns; everything else (encoder, teacher-forced decoding, generate) runs
         # on sdpa when the model gives encoder and decoder configs of their own (T5 does).
         model.config._attn_implementation = "eager"
-        self._decoder_config = model.get_decoder().config
-        for part in (model.get_encoder().config, self._decoder_config):
+        for part in (model.get_encoder().config, model.get_decoder().config):
             if part is not model.config:
                 part._attn_implementation = "sdpa"
         self.positions = None
@@ -212,7 +211,7 @@ class URG(nn.Module):
         """The decoder on eager attention for one call. Attention modules read the
         implementation from their config at each forward, so switching it is enough; the lock
         keeps two threads' ranking steps (Serve, Ray Data actors) from switching it back early."""
-        config = self._decoder_config
+        config = self.model.get_decoder().config
         with _RANKING_STEP:
             before, config._attn_implementation = config._attn_implementation, "eager"
             try:
