@@ -42,8 +42,9 @@ def test_write_then_read_round_trips_with_varying_n(tmp_path, suffix):
 
 
 def test_cmp_results_given_as_an_object_is_stored_as_a_json_string():
-    record = Record.model_validate({**MIXINSTRUCT_LINE, "cmp_results": None})
-    assert record.cmp_results == "null"
+    decoded = {"koala-7B-HF,vicuna-13b": "B is better"}
+    record = Record.model_validate({**MIXINSTRUCT_LINE, "cmp_results": decoded})
+    assert isinstance(record.cmp_results, str) and json.loads(record.cmp_results) == decoded
 
 
 def test_malformed_jsonl_line_names_file_and_line(tmp_path):
