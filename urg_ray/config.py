@@ -52,7 +52,7 @@ class LossConfig(_Strict):
     erm: bool = True  # False: "w/o ERM" (no KL, no top-k + worst CE)
     # gamma is 0 until rank_start_step, then ramps linearly to `gamma` over rank_ramp_steps:
     # a random-init fuser that does not copy yet gives the ranker nothing to learn from
-    # (ARCHITECTURE.md). Pretrained flan-t5 already copies: its configs set 0 and 0 (the paper).
+    # (docs/design.md). Pretrained flan-t5 already copies: its configs set 0 and 0 (the paper).
     rank_start_step: int = Field(400, ge=0)
     rank_ramp_steps: int = Field(300, ge=0)
 

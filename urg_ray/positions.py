@@ -4,7 +4,7 @@ T5 knows positions only through a relative attention bias. Pretrained flan-t5 co
 input anyway; a random-init T5 trained on a CPU budget does not start copying within ~1000
 steps, so it never learns to fuse. Adding a learned absolute position (inside each candidate on
 the encoder side, inside the answer on the decoder side) to the token embeddings makes copying
-emerge within a few hundred steps (measured, ARCHITECTURE.md). The relative bias stays.
+emerge within a few hundred steps (measured; docs/design.md). The relative bias stays.
 
 They attach through forward pre-hooks on the encoder and decoder stacks (public
 `register_forward_pre_hook`), so generation with a KV cache works unchanged: the decoder's

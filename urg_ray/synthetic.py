@@ -14,7 +14,7 @@ The generative story, and why each part is there:
   them with wrong ones (mostly from the same topic: only agreement between candidates exposes
   them). Errors are partly shared (``error_correlation``), partly independent, so the union of
   the top-3's facts usually beats the best candidate: fusion can beat the oracle, which
-  token-level noise would not allow (ARCHITECTURE.md, "Learning at CPU scale").
+  token-level noise would not allow (it leaves the best of 8 candidates near-perfect).
 * **Each model has a style** (opening, fillers, punctuation habit, bullets, sign-off), as real
   LLM answers do, so a ranker can learn who is good at what; ``style_strength=0`` removes it.
 * **Noise**: some candidates are off-topic (``off_topic_rate``) or degenerate into loops,
