@@ -6,6 +6,38 @@ from urg_ray.data import Record
 
 torch.set_num_threads(2)
 
+_RUNNING: dict = {}  # the test being set up or run, for the Ray guard below
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _RUNNING.update(test=item, started_ray=False)  # before any fixture: module fixtures count too
+
+
+def pytest_configure(config):
+    """`pytest -m "not slow"` must start no Ray (and so no Serve, Ray Train/DeepSpeed or Ray Data
+    vLLM): `ray.init`, which every one of them goes through, refuses to run for a test not marked slow."""
+    import ray
+
+    original = ray.init
+
+    def init_only_in_slow_tests(*args, **kwargs):
+        test = _RUNNING.get("test")
+        if test is not None and test.get_closest_marker("slow") is None:
+            _RUNNING["started_ray"] = True
+            raise RuntimeError(f"{test.nodeid} starts Ray but is not marked @pytest.mark.slow")
+        return original(*args, **kwargs)
+
+    ray.init = init_only_in_slow_tests
+
+
+@pytest.fixture(autouse=True)
+def ray_only_in_slow_tests(request):
+    """Fails the test even when the code under test swallowed the guard's error."""
+    yield
+    if _RUNNING.get("started_ray"):
+        pytest.fail(f"{request.node.nodeid} starts Ray but is not marked @pytest.mark.slow", pytrace=False)
+
 
 @pytest.fixture(scope="module", autouse=True)
 def no_ray_left_behind():
