@@ -35,7 +35,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from urg_ray.data import (ERROR_FIELD, DataError, Record, _iter_json_array, drop_failed, is_failed,  # noqa: F401
+from urg_ray.data import (ERROR_FIELD, DataError, Record, drop_failed, is_failed, iter_json,  # noqa: F401
                           read_records, write_records)
 from urg_ray.generate_config import GenerateConfig
 from urg_ray.generate_engines import GenerationActor, check_engines, generation_stage  # noqa: F401 - re-exported
@@ -83,21 +83,8 @@ def _prompt(obj: Any) -> Prompt:
 def read_prompts(path: str | Path) -> tuple[list[Prompt], list[str]]:
     """Prompts of a JSONL (or JSON array) file, and a ``file:line: problem`` for each line skipped."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
     prompts, problems, first_line = [], [], {}
-    if text.lstrip().startswith("["):
-        items = list(_iter_json_array(text, path))
-    else:
-        items = []
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    items.append((line_no, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    problems.append(f"{path}:{line_no}: invalid JSON: {err.msg} (column {err.colno})")
-    for line_no, obj in items:
+    for line_no, obj in iter_json(path, problems):  # a bad JSONL line lands in `problems`
         try:
             p = _prompt(obj)
         except ValueError as err:
