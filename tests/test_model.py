@@ -1,8 +1,11 @@
+import contextlib
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from urg_ray import URG
-from urg_ray.model import gather_states, select_top_k, select_worst
+from urg_ray.model import URGOutput, gather_states, select_top_k, select_worst
 
 from conftest import make_record
 
@@ -174,32 +177,174 @@ def _batch(model, n_records=4, n=4):
     return model.collator([make_record(i, n=n) for i in range(n_records)])
 
 
-def test_erm_p_pass_equals_decoding_the_top_k_alone(tiny):
-    """The batched p/q pass masks the worst candidate out of p: p must equal plain top-k decoding."""
-    batch = _batch(tiny)
-    states, mask = tiny.encode(batch)
-    top, keep = select_top_k(batch.quality, batch.candidate_mask, 3)
-    worst = select_worst(batch.quality, batch.candidate_mask)
-    alone = tiny._decoder_logits(*gather_states(states, mask, top, keep), batch.labels)
-    index = torch.cat([top, worst[:, None]], 1)
-    keep_p = torch.cat([keep, torch.zeros_like(keep[:, :1])], 1)
-    with_masked_worst = tiny._decoder_logits(*gather_states(states, mask, index, keep_p), batch.labels)
-    torch.testing.assert_close(with_masked_worst, alone, rtol=1e-4, atol=1e-5)
-    assert worst.tolist() == [0, 0, 0, 0] and top[0].tolist() == [3, 2, 1]
+# ---- forward: eq. 7-11 through forward itself, against independent recomputations ---------
+ANSWERS = ["the cat sat on the mat", "a red fox jumps", "two plus two is four, of course", "blue"]
+SIZES = [4, 5, 2, 3]  # question 2 has fewer candidates than top_k=3; question 3 exactly top_k
 
 
-def test_forward_loss_terms_and_ablations():
-    model = URG.from_pretrained("tiny").eval()
-    batch = _batch(model)
-    out = model(batch)
-    assert out.loss.item() == pytest.approx(5 * out.rank_loss.item() + 2 * out.kl_loss.item() + out.ce_loss.item(), rel=1e-5)
-    assert out.kl_loss.item() > 0 and out.rank_loss.item() >= 0
-    model.loss_config = model.loss_config.model_copy(update={"erm": False, "rank_loss": False})
-    ablated = model(batch)
-    assert ablated.kl_loss.item() == 0 and ablated.rank_loss.item() == 0
-    assert ablated.loss.item() == pytest.approx(ablated.ce_loss.item())
-    # without ERM there is one CE term instead of two
-    assert ablated.ce_loss.item() == pytest.approx(out.ce_loss.item() / 2, rel=0.2)
+@pytest.fixture(scope="module")
+def loss_batch(tiny):
+    # candidate j of record i has bleu 10*j: the worst is 0, the top-3 are n-1, n-2, n-3
+    return tiny.collator([make_record(i, n=n, answer=a) for i, (n, a) in enumerate(zip(SIZES, ANSWERS))])
+
+
+@contextlib.contextmanager
+def _loss_config(model, **update):
+    saved = model.loss_config
+    model.loss_config = saved.model_copy(update=update)
+    try:
+        yield model.loss_config
+    finally:
+        model.loss_config = saved
+
+
+def _pair_states(model, batch) -> list[list[torch.Tensor]]:
+    """Each real pair through the Hugging Face encoder alone, its padding cut: (L_i, H) each."""
+    encoder = model.model.get_encoder()
+    out = []
+    for ids, attention, real in zip(batch.input_ids, batch.attention_mask, batch.candidate_mask):
+        out.append([encoder(input_ids=ids[i, attention[i].bool()][None]).last_hidden_state[0]
+                    for i in range(int(real.sum()))])
+    return out
+
+
+def _expected_selection(key: torch.Tensor, n: int, k: int) -> tuple[list[int], int]:
+    values = key[:n].tolist()
+    best_first = sorted(range(n), key=lambda i: (-values[i], i))
+    return best_first[:k], min(range(n), key=lambda i: (values[i], i))
+
+
+def _expected_terms(model, batch, keys: torch.Tensor, scores: torch.Tensor) -> dict[str, float]:
+    """Eq. 7-10 recomputed one question at a time: p from the top-k's states alone, q from top-k +
+    worst, CE from Hugging Face's own loss, the top-m KL with F.kl_div, eq. 7 by a loop over pairs."""
+    cfg, k = model.loss_config, model.config.top_k
+    states = _pair_states(model, batch)
+    ce_p = ce_q = kl = 0.0
+    tokens = int((batch.labels != -100).sum())
+    for b, pairs in enumerate(states):
+        top, worst = _expected_selection(keys[b], len(pairs), k)
+        labels = batch.labels[b][batch.labels[b] != -100][None]
+        p = model.model(encoder_outputs=(torch.cat([pairs[i] for i in top])[None],), labels=labels)
+        q = model.model(encoder_outputs=(torch.cat([pairs[i] for i in [*top, worst]])[None],), labels=labels)
+        ce_p += p.loss.item() * labels.numel()
+        ce_q += q.loss.item() * labels.numel()
+        ids = p.logits[0].topk(cfg.top_m, dim=-1).indices
+        log_p = F.log_softmax(p.logits[0].gather(-1, ids) / cfg.tau, -1)
+        log_q = F.log_softmax(q.logits[0].gather(-1, ids) / cfg.tau, -1)
+        kl += F.kl_div(log_q, log_p, log_target=True, reduction="sum").item()
+    hinges = []
+    for b in range(len(states)):
+        n = len(states[b])
+        s = scores[b, :n] * n / scores[b, :n].sum()  # normalised: 1.0 is an average candidate
+        r = batch.quality[b, :n]
+        hinges += [max(0.0, (s[i] - s[j]).item() + cfg.rank_margin)
+                   for i in range(n) for j in range(n) if r[i] < r[j]]
+    return {"ce_p": ce_p / tokens, "ce_q": ce_q / tokens, "kl": kl / tokens, "rank": sum(hinges) / len(hinges)}
+
+
+def _gathered(model, batch, states: list[list[torch.Tensor]]) -> tuple[URGOutput, list[dict]]:
+    """Run forward with a hook on the seq2seq model: which candidates' states each decoder pass
+    was given, per question, in order, and whether each block was visible (its mask)."""
+    calls = []
+    hook = model.model.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((kwargs["encoder_outputs"].last_hidden_state, kwargs["attention_mask"])),
+        with_kwargs=True)
+    try:
+        out = model(batch)
+    finally:
+        hook.remove()
+    (given, mask), = calls  # one teacher-forced pass (p and q batched together under ERM)
+    length = batch.input_ids.size(-1)
+    passes = []
+    for row in range(given.size(0)):
+        b = row % len(states)
+        blocks, visible = given[row].split(length), mask[row].split(length)
+        found = []
+        for block, seen in zip(blocks, visible):
+            n_real = len(states[b])
+            distances = [(block[: len(s)] - s).abs().max().item() if len(s) <= length else float("inf")
+                         for s in states[b]]
+            i = min(range(n_real), key=distances.__getitem__)
+            found.append((i if distances[i] < 1e-4 else None, int(seen.sum())))
+        passes.append({"question": b, "blocks": found})
+    return out, passes
+
+
+def test_forward_terms_equal_an_independent_recomputation(tiny, loss_batch):
+    cfg = tiny.loss_config
+    assert (cfg.erm, cfg.rank_loss, cfg.select_by) == (True, True, "ground_truth")
+    out = tiny(loss_batch)
+    questions = [make_record(i, n=n).question for i, n in enumerate(SIZES)]
+    candidates = [[c.text for c in make_record(i, n=n, answer=a).candidates] for i, (n, a) in enumerate(zip(SIZES, ANSWERS))]
+    torch.testing.assert_close(out.scores, tiny.rank(questions, candidates).scores, rtol=1e-5, atol=1e-7)
+    expected = _expected_terms(tiny, loss_batch, loss_batch.quality, out.scores)
+    assert out.ce_loss.item() == pytest.approx(expected["ce_p"] + expected["ce_q"], rel=1e-4)
+    assert out.kl_loss.item() == pytest.approx(expected["kl"], rel=1e-3, abs=1e-6)
+    assert out.rank_loss.item() == pytest.approx(expected["rank"], rel=1e-4)
+    assert expected["kl"] > 0 and expected["rank"] > 0  # the fixture exercises every term
+    assert out.loss.item() == pytest.approx(
+        cfg.gamma * expected["rank"] + cfg.beta * expected["kl"] + expected["ce_p"] + expected["ce_q"], rel=1e-4)
+
+
+def test_forward_gathers_the_true_top_k_for_p_and_adds_the_worst_for_q(tiny, loss_batch):
+    states = _pair_states(tiny, loss_batch)
+    _, passes = _gathered(tiny, loss_batch, states)
+    assert len(passes) == 2 * len(SIZES)  # p rows, then q rows
+    for row, seen in enumerate(passes):
+        b, n = seen["question"], SIZES[seen["question"]]
+        top, worst = list(range(n - 1, -1, -1))[:3], 0  # bleu 10*j: the last is best
+        candidates = [i for i, _ in seen["blocks"]]
+        tokens = [t for _, t in seen["blocks"]]
+        real = [len(states[b][i]) for i in top]
+        if row < len(SIZES):  # p: the top-k visible, the worst's slot masked out
+            assert candidates[: len(top)] == top and tokens == real + [0] * (4 - len(top))
+        else:  # q: the top-k and the worst, all visible
+            assert candidates[: len(top)] + candidates[-1:] == top + [worst]
+            assert tokens == real + [0] * (3 - len(top)) + [len(states[b][worst])]
+
+
+def test_gamma_zero_removes_the_rank_term_exactly(tiny, loss_batch):
+    full, warm = tiny(loss_batch), tiny(loss_batch, gamma=0.0)
+    assert warm.rank_loss.item() > 0  # still reported, but not in the loss
+    assert warm.loss.item() == (tiny.loss_config.beta * warm.kl_loss + warm.ce_loss).item()
+    assert full.loss.item() - warm.loss.item() == pytest.approx(tiny.loss_config.gamma * full.rank_loss.item(), rel=1e-5)
+
+
+def test_erm_off_drops_the_kl_and_the_q_pass_and_keeps_the_rank_term(tiny, loss_batch):
+    full = tiny(loss_batch)
+    expected = _expected_terms(tiny, loss_batch, loss_batch.quality, full.scores)
+    with _loss_config(tiny, erm=False):
+        ablated = tiny(loss_batch)
+    assert ablated.kl_loss.item() == 0
+    assert ablated.ce_loss.item() == pytest.approx(expected["ce_p"], rel=1e-4)  # CE given the top-k alone
+    assert ablated.rank_loss.item() == full.rank_loss.item()
+    assert ablated.loss.item() == pytest.approx(5 * ablated.rank_loss.item() + ablated.ce_loss.item(), rel=1e-6)
+
+
+def test_rank_loss_off_drops_only_the_rank_term(tiny, loss_batch):
+    full = tiny(loss_batch)
+    with _loss_config(tiny, rank_loss=False):
+        ablated = tiny(loss_batch)
+    assert ablated.rank_loss.item() == 0 and full.rank_loss.item() > 0
+    assert ablated.kl_loss.item() == full.kl_loss.item() and ablated.ce_loss.item() == full.ce_loss.item()
+    assert ablated.loss.item() == pytest.approx(2 * full.kl_loss.item() + full.ce_loss.item(), rel=1e-6)
+
+
+def test_select_by_predicted_fuses_the_models_own_top_k(tiny, loss_batch):
+    states = _pair_states(tiny, loss_batch)
+    with _loss_config(tiny, select_by="predicted"):
+        out, passes = _gathered(tiny, loss_batch, states)
+        expected = _expected_terms(tiny, loss_batch, out.scores, out.scores)
+    differs = False
+    for row, seen in enumerate(passes):
+        b = seen["question"]
+        top, worst = _expected_selection(out.scores[b], SIZES[b], 3)
+        candidates = [i for i, _ in seen["blocks"]]
+        assert candidates[: len(top)] == top and (row < len(SIZES) or candidates[-1] == worst)
+        differs |= top != _expected_selection(loss_batch.quality[b], SIZES[b], 3)[0]
+    assert differs  # the untrained ranker disagrees with the truth somewhere: the choice is visible
+    assert out.ce_loss.item() == pytest.approx(expected["ce_p"] + expected["ce_q"], rel=1e-4)
+    assert out.kl_loss.item() == pytest.approx(expected["kl"], rel=1e-3, abs=1e-6)
 
 
 def test_one_optimizer_step_lowers_the_loss_on_a_fixed_batch():
