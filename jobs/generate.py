@@ -22,6 +22,7 @@ from _cli import job_parser  # noqa: E402
 
 from urg_ray.config import ConfigError, load_config  # noqa: E402
 from urg_ray.data import DataError  # noqa: E402
+from urg_ray.durable import Locked  # noqa: E402
 from urg_ray.generate_config import GenerateConfig  # noqa: E402
 
 
@@ -40,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: skipped prompt {problem}", file=sys.stderr)
         if not prompts:
             raise DataError(f"{cfg.prompts}: no valid prompts")
-        todo = missing_pairs(cfg, args.out, prompts)  # also validates an existing output file
-    except (ConfigError, DataError) as err:
+        todo = missing_pairs(cfg, args.out, prompts)  # also validates an existing output file and its lock
+    except (ConfigError, DataError, Locked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"[generate] {len(prompts)} prompts ({len(problems)} lines skipped) x {len(cfg.models)} models: "
@@ -56,7 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         address = os.environ.get("RAY_ADDRESS")
         ray.init(address=address) if address else ray.init(address="local", include_dashboard=False,
                                                            num_cpus=os.cpu_count() or 1)
-    summary = generate(cfg, args.out, prompts, problems)
+    try:
+        summary = generate(cfg, args.out, prompts, problems)
+    except Locked as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. a full disk: the previous output is intact, the journal keeps what was generated
+        print(f"error: {err}; rerun to finish (nothing already generated is generated again)", file=sys.stderr)
+        return 1
     print(f"[generate] {summary['records']} records, {summary['failed_candidates']} failed candidates "
           f"-> {summary['output']}")
     print(f"[generate] summary: {Path(args.out) / 'generate_summary.json'}")

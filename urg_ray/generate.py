@@ -28,19 +28,25 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from urg_ray.data import (ERROR_FIELD, DataError, Record, drop_failed, is_failed, iter_json,  # noqa: F401
+from pydantic import ValidationError
+
+from urg_ray.data import (ERROR_FIELD, Candidate, DataError, Record, drop_failed, is_failed, iter_json,  # noqa: F401
                           read_records, write_records)
+from urg_ray.durable import Journal, Locked, atomic_write, exclusive_lock  # noqa: F401 - Locked re-exported
 from urg_ray.generate_config import GenerateConfig
 from urg_ray.generate_engines import GenerationActor, check_engines, generation_stage  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 
@@ -108,25 +114,98 @@ def synthetic_prompts(n: int, seed: int = 1) -> list[Prompt]:
 
 
 # ---- output, journal, resume ------------------------------------------------------------------
-def _load_existing(out_file: Path, journal: Path) -> dict[str, dict]:
-    """Records already written (id -> record dict), with any journal of an interrupted run applied."""
+def question_hash(instruction: str, input: str) -> str:
+    """What a candidate answers: a hash of the question (instruction and input), stored with each journal entry."""
+    return hashlib.sha256(json.dumps([instruction, input]).encode()).hexdigest()[:16]
+
+
+def _journal_path(out_file: Path) -> Path:
+    return out_file.with_name(out_file.name + ".partial")
+
+
+def _journal_entry(value: Any) -> tuple[dict, dict]:
+    """(prompt, candidate) of a journal line; ValueError naming what is wrong with its shape."""
+    if not isinstance(value, dict) or not isinstance(value.get("prompt"), dict):
+        raise ValueError("not a journal entry (expected an object with 'prompt' and 'candidate')")
+    prompt = value["prompt"]
+    for key in ("id", "instruction", "input", "output"):
+        if not isinstance(prompt.get(key), str):
+            raise ValueError(f"field 'prompt.{key}': expected a string")
+    stored = value.get("prompt_sha256")  # entries written before the hash existed have none
+    if stored is not None and stored != question_hash(prompt["instruction"], prompt["input"]):
+        raise ValueError("field 'prompt_sha256' does not match the entry's prompt (damaged)")
+    try:
+        Candidate.model_validate(value.get("candidate"))
+    except ValidationError as err:
+        loc = ".".join(str(p) for p in err.errors()[0]["loc"])
+        raise ValueError(f"field 'candidate{'.' + loc if loc else ''}': {err.errors()[0]['msg']}") from None
+    return prompt, value["candidate"]
+
+
+def _load_existing(out_file: Path, journal: Path, problems: list[str] | None = None,
+                   repair: bool = False) -> dict[str, dict]:
+    """Records already written (id -> record dict), with the journal of an interrupted run applied.
+
+    Damaged journal lines (bad UTF-8, bad JSON, wrong shape, a torn last line) are skipped and
+    reported in `problems` (and logged); their pairs are generated again. `repair` truncates a torn
+    last line, so that appending starts on a fresh line (only under the output's lock).
+    """
+    problems = [] if problems is None else problems
     records = {r.id: r.model_dump() for r in read_records(out_file)} if out_file.is_file() else {}
-    if journal.is_file():
-        lines = journal.read_text(encoding="utf-8").splitlines()
-        for i, line in enumerate(lines, start=1):
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:  # the line a crash cut short; its pair is generated again
-                log.warning("%s:%d: unreadable journal line ignored", journal, i)
-                continue
-            _add(records, entry["prompt"], entry["candidate"])
-        log.info("resuming: %d journal entries from %s", len(lines), journal)
+    applied = 0
+    for line, value in Journal(journal).read(problems, repair=repair):
+        try:
+            _add(records, *_journal_entry(value))
+            applied += 1
+        except ValueError as err:
+            problems.append(f"{journal}:{line}: {err}")
+    for problem in problems:
+        log.warning("journal entry skipped (generated again): %s", problem)
+    if applied or problems:
+        log.info("resuming: %d journal entries from %s, %d skipped", applied, journal, len(problems))
     return records
 
 
 def _add(records: dict[str, dict], prompt: dict, candidate: dict) -> None:
-    rec = records.setdefault(prompt["id"], {**prompt, "candidates": [], "cmp_results": "null"})
+    """Record one candidate; one for another question under the same id replaces that record."""
+    rec = records.get(prompt["id"])
+    if rec is None or question_hash(rec["instruction"], rec["input"]) != question_hash(prompt["instruction"],
+                                                                                         prompt["input"]):
+        rec = records[prompt["id"]] = {**prompt, "candidates": [], "cmp_results": "null"}
     rec["candidates"] = [c for c in rec["candidates"] if c["model"] != candidate["model"]] + [candidate]
+
+
+def _journal_candidate(journal: Journal, records: dict[str, dict], p: Prompt, cand: dict) -> None:
+    """Append one finished candidate to the journal (the caller syncs per batch) and to ``records``."""
+    for key, value in cand.items():  # a lone surrogate (an API's bad escape) cannot be written as UTF-8
+        if isinstance(value, str) and _SURROGATE.search(value):
+            log.warning("prompt %s, model %s: lone surrogate in %r replaced by U+FFFD", p.id, cand["model"], key)
+            cand[key] = _SURROGATE.sub("\ufffd", value)
+    prompt = {"id": p.id, "instruction": p.instruction, "input": p.input, "output": p.output}
+    journal.append({"prompt": prompt, "prompt_sha256": question_hash(p.instruction, p.input), "candidate": cand})
+    _add(records, prompt, cand)
+
+
+def _check_prompts(records: dict[str, dict], prompts: list[Prompt]) -> list[str]:
+    """Raise on duplicate prompt ids; reset the records whose question changed (returned: their ids)."""
+    duplicates = sorted(i for i, n in Counter(p.id for p in prompts).items() if n > 1)
+    if duplicates:
+        raise DataError(f"duplicate prompt ids: {duplicates[:20]} (each id must name one question)")
+    changed = []
+    for p in prompts:
+        rec = records.get(p.id)
+        if rec is None:
+            continue
+        if question_hash(rec["instruction"], rec["input"]) != question_hash(p.instruction, p.input):
+            changed.append(p.id)
+            records[p.id] = {"id": p.id, "instruction": p.instruction, "input": p.input, "output": p.output,
+                             "candidates": [], "cmp_results": "null"}
+        else:
+            rec["output"] = p.output
+    if changed:
+        log.warning("%d prompts changed since their candidates were generated; generated again: %s",
+                    len(changed), changed[:20])
+    return changed
 
 
 def _needs(rec: dict | None, model: str, retry_errors: bool) -> bool:
@@ -158,7 +237,9 @@ def _rows(batch: dict[str, np.ndarray]) -> Iterable[dict]:
 def missing_pairs(cfg: GenerateConfig, out_dir: str | Path, prompts: list[Prompt]) -> int:
     """How many (prompt, model) candidates a run would generate (0: nothing to do, no Ray needed)."""
     out_file = Path(out_dir) / cfg.output
-    records = _load_existing(out_file, out_file.with_name(out_file.name + ".partial"))
+    with exclusive_lock(out_file):  # refused here, before Ray starts, while another run writes it
+        records = _load_existing(out_file, _journal_path(out_file))
+    _check_prompts(records, prompts)
     return sum(_needs(records.get(p.id), m.name, cfg.retry_errors) for m in cfg.models for p in prompts)
 
 
@@ -199,10 +280,8 @@ def _run_model(spec, todo: list[Prompt], cfg: GenerateConfig, records: dict[str,
                 stats["failed"] += 1
                 errors.append(f"{p.id}: {error[:200]}")
             stats["generated_tokens"] += tokens
-            prompt = {"id": p.id, "instruction": p.instruction, "input": p.input, "output": p.output}
-            journal.write(json.dumps({"prompt": prompt, "candidate": cand}, ensure_ascii=False) + "\n")
-            _add(records, prompt, cand)
-        journal.flush()
+            _journal_candidate(journal, records, p, cand)
+        journal.sync()  # this batch's candidates are on disk before the next is awaited
         if startup is None and not missing and len(batch["id"]):
             first_result = now
             latency = max([float(x) for x in batch.get("latency_s", []) if x is not None and x == x] + [0.0])
@@ -230,12 +309,19 @@ def generate(cfg: GenerateConfig, out_dir: str | Path, prompts: list[Prompt] | N
         prompts, prompt_problems = (read_prompts(cfg.prompts) if cfg.prompts else
                                     (synthetic_prompts(cfg.synthetic_prompts, cfg.synthetic_seed), []))
     out_file = Path(out_dir) / cfg.output
-    journal = out_file.with_name(out_file.name + ".partial")
-    records = _load_existing(out_file, journal)
     summary: dict[str, Any] = {"output": str(out_file), "prompts": len(prompts),
                                "bad_prompt_lines": prompt_problems or [], "models": {}}
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    with journal.open("a", encoding="utf-8") as jf:
+    with exclusive_lock(out_file), Journal(_journal_path(out_file)) as journal:
+        problems: list[str] = []
+        records = _load_existing(out_file, journal.path, problems, repair=True)
+        summary["damaged_journal_entries"] = problems
+        summary["changed_prompts"] = _check_prompts(records, prompts)
+        if problems:
+            print(f"[generate] {len(problems)} damaged journal entries skipped (generated again): {problems[:5]}",
+                  flush=True)
+        if summary["changed_prompts"]:
+            print(f"[generate] {len(summary['changed_prompts'])} prompts changed since their candidates were "
+                  f"generated; generating them again: {summary['changed_prompts'][:20]}", flush=True)
         for spec in cfg.models:
             todo = [p for p in prompts if _needs(records.get(p.id), spec.name, cfg.retry_errors)]
             stats = summary["models"][spec.name] = {"engine": spec.engine, "prompts": len(todo),
@@ -243,13 +329,15 @@ def generate(cfg: GenerateConfig, out_dir: str | Path, prompts: list[Prompt] | N
             if not todo:
                 print(f"[generate] {spec.name}: all {len(prompts)} prompts already done", flush=True)
                 continue
-            stats.update(_run_model(spec, todo, cfg, records, jf))
+            stats.update(_run_model(spec, todo, cfg, records, journal))
             print(f"[generate] {spec.name} ({spec.engine}): {len(todo)} prompts in {stats['wall_s']:.1f} s: "
                   f"{stats['prompts_per_s']:.2f} prompts/s, {stats['generated_tokens_per_s']:.1f} generated tokens/s; "
                   f"without the ~{stats['startup_s']:.1f} s start-up {stats['prompts_per_s_after_startup']} prompts/s, "
                   f"{stats['generated_tokens_per_s_after_startup']} tokens/s; {stats['failed']} failed", flush=True)
-    summary["records"] = write_records(out_file, _ordered(records, prompts, [m.name for m in cfg.models]))
-    journal.unlink(missing_ok=True)
-    summary["failed_candidates"] = sum(s["failed"] for s in summary["models"].values())
-    (out_file.parent / "generate_summary.json").write_text(json.dumps(summary, indent=1))
+        # The output is durable (fsynced, renamed, directory fsynced) before the journal goes.
+        summary["records"] = write_records(out_file, _ordered(records, prompts, [m.name for m in cfg.models]))
+        journal.remove()
+        summary["failed_candidates"] = sum(s["failed"] for s in summary["models"].values())
+        with atomic_write(out_file.parent / "generate_summary.json") as f:
+            json.dump(summary, f, indent=1)
     return summary
