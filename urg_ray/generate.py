@@ -16,10 +16,15 @@ field (an extra that `urg_ray.data.Candidate` keeps); the summary counts them pe
 `is_failed` / `drop_failed` let readers skip such candidates; `jobs/score.py` drops them by
 default, so scored training data never trains on an empty answer.
 
-Resume: each finished candidate is appended to ``<output>.partial`` as it arrives; at the end the
-journal is merged into ``<output>`` (atomic write) and removed. A rerun (after a crash, or with
-more models) reads both and generates only the (prompt, model) pairs missing; failed pairs are kept
-unless ``retry_errors`` is set.
+Resume: ``<output>.partial`` is a write-ahead log (`urg_ray.durable.Journal`): each finished
+candidate is appended with a hash of its question, and fsynced per batch. At the end the records
+are written to a temp file, fsynced and renamed over ``<output>``, the directory fsynced, and only
+then the journal removed. A rerun (after a crash, or with more models) reads both and generates only
+the (prompt, model) pairs missing; failed pairs are kept unless ``retry_errors`` is set. Damaged
+journal lines are skipped and reported (their pairs generated again) and a torn last line is cut
+off before appending; a prompt whose question changed under the same id is generated again and
+reported; duplicate prompt ids are an error. ``<output>.lock`` (flock) refuses a second concurrent
+run on the same output.
 """
 
 from __future__ import annotations
