@@ -1,14 +1,59 @@
-"""Shared command line of every job: --config FILE, repeated --set key=value, --out DIR."""
+"""What every job shares: the command line (--config FILE, repeated --set key=value, --out DIR,
+--verbose), bad input ending the job with a one-line error and exit status 2, and Ray start-up."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from typing import Any
+
+from pydantic import BaseModel
+
+from urg_ray.config import ConfigError, JobConfig, load_config
+from urg_ray.data import DataError
+
+BAD_INPUT = 2  # exit status: the config or an input file is wrong; nothing was started
+INPUT_ERRORS = (ConfigError, DataError)
+LOCAL_LOGS = "/tmp/ray/session_latest/logs"  # Ray's default temp dir
 
 
-def job_parser(description: str, default_out: str) -> argparse.ArgumentParser:
+def job_parser(description: str, default_out: str | None, out_help: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML config (default: the built-in CPU defaults, as jobs/configs/tiny.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set train.lr=1e-4 (repeatable)")
-    parser.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
+    parser.add_argument("--out", default=default_out, help=out_help or f"output folder (default: {default_out})")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="Ray's own logs and progress bars on the console too (they are always in Ray's log files)")
     return parser
+
+
+def bad_input(err: Exception) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return BAD_INPUT
+
+
+def job_config(args: argparse.Namespace, schema: type[BaseModel] = JobConfig) -> Any:
+    """`--config` with the `--set` overrides, validated (raises ConfigError naming file and key)."""
+    return load_config(args.config, args.set, schema=schema)
+
+
+def start_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
+    """Connect to RAY_ADDRESS (as inside `ray job submit`), else start a local Ray with `num_cpus`.
+    Unless `verbose`, Ray's processes log warnings only; their full logs stay in Ray's log folder."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet = {} if verbose else {"logging_config": ray.LoggingConfig(log_level="WARNING")}
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **quiet)
+        return
+    if not verbose:  # deprecations inside Ray's own actors (Ray Train's dataset manager): not the user's to fix
+        quiet["runtime_env"] = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning",
+                                             "RAY_DATA_LOG_LEVEL": "WARNING"}}
+    # the dashboard serves the state API that Ray Train's placement-group cleaner polls
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **quiet)
+    print(f"[ray] local Ray started; its logs: {LOCAL_LOGS}", flush=True)

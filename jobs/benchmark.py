@@ -14,12 +14,10 @@ DIR/benchmark.md and DIR/benchmark.png (time against N, log-log).
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -27,9 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure this checkout, not an installed copy
-from _cli import job_parser  # noqa: E402
+from _cli import INPUT_ERRORS, bad_input, job_parser  # noqa: E402
 
-from urg_ray.config import ConfigError, load_config  # noqa: E402
+from urg_ray.benchmarking import make_inputs, matmul_tflops, slope, timed  # noqa: E402
+from urg_ray.config import load_config  # noqa: E402
 
 
 class BenchmarkConfig(BaseModel):
@@ -49,7 +48,7 @@ class BenchmarkConfig(BaseModel):
     max_other_load: float = Field(0.15, ge=0)  # a call while others used more of the CPU is re-run
     retries: int = Field(3, ge=0)  # re-runs of disturbed calls per point and method
     warmup_below_s: float = Field(5.0, ge=0)  # warm up a point unless its estimated time exceeds this
-    sequences_per_call: int = Field(32, ge=1)  # rankers: encoder sequences per call (length-sorted chunks)
+    encode_batch_size: int = Field(32, ge=1)  # rankers: encoder sequences per call (length-sorted chunks)
     fuse_n: int = Field(12, ge=1)  # N for rank+fuse (MixInstruct has 12 candidates)
     top_k: int = Field(3, ge=1)
     max_new_tokens: int = Field(64, ge=1)  # forced: min_new_tokens = max_new_tokens for both systems
@@ -61,122 +60,12 @@ MODES = {  # --quick / --paper-scale: overrides applied before the config file a
               "max_new_tokens=4"],
     "paper-scale": ["urg_preset=flan-t5-large", "ranker_preset=deberta-v3-large", "fuser_preset=flan-t5-xl",
                     "random_init=true", "batch_sizes=[8, 16, 32]", "n_candidates=[12]", "dtype=bfloat16",
-                    "max_new_tokens=128", "sequences_per_call=512"],
+                    "max_new_tokens=128", "encode_batch_size=512"],
 }
 TARGETS = {  # issue #4; measured and reported, never asserted
     "urg_over_pairranker_full_at_12": 10.0, "urg_over_pairranker_bubble_at_12": 1.5,
     "urg_over_summareranker_at_12": 1 / 1.3, "urg_slope_8_to_32": 1.15, "rank_fuse_speedup": 3.0,
 }
-
-
-# ---- inputs -------------------------------------------------------------------------------
-def make_inputs(batch_size: int, n: int, seed: int) -> tuple[list[str], list[list[str]]]:
-    """B synthetic MixInstruct questions with N candidates each. The generator has 12 models, so
-    for N > 12 a question also gets candidates of other questions (real-looking text all the same)."""
-    from urg_ray.synthetic import make_dataset
-
-    records = make_dataset(batch_size, n_candidates=12, seed=seed)
-    extra = [c["text"] for r in make_dataset(max(1, math.ceil(batch_size * max(0, n - 12) / 12)), 12, seed=seed + 1)
-             for c in r["candidates"]]
-    questions = ["\n".join(p for p in (r["instruction"], r["input"]) if p) for r in records]
-    candidates = []
-    for b, r in enumerate(records):
-        own = [c["text"] for c in r["candidates"]]
-        candidates.append((own + [extra[(b * max(0, n - 12) + i) % len(extra)] for i in range(max(0, n - 12))])[:n])
-    return questions, candidates
-
-
-# ---- timing -------------------------------------------------------------------------------
-class OtherLoad:
-    """CPU that other processes used while we ran, as a share of the machine (Linux /proc; None
-    elsewhere). On a shared machine a timing taken while others ran is not a timing of ours."""
-
-    def __init__(self):
-        self.ncpu = os.cpu_count() or 1
-        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.available = Path("/proc/stat").is_file() and Path("/proc/self/stat").is_file()
-
-    def _read(self) -> tuple[int, int]:
-        busy = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(busy) - busy[3] - busy[4], int(own[11]) + int(own[12])  # non-idle; our utime + stime
-
-    def start(self) -> None:
-        self.begin = self._read() if self.available else None
-
-    def share(self, seconds: float) -> float | None:
-        if self.begin is None or seconds < 0.2:  # ticks are 10 ms: too coarse for short calls
-            return None
-        busy, own = self._read()
-        return max(0.0, (busy - self.begin[0]) - (own - self.begin[1])) / (seconds * self.tick * self.ncpu)
-
-
-def timed(fns: dict[str, Callable[[], object]], repeats: int, budget_s: float, warmup: dict[str, bool],
-          sync: Callable[[], None], max_other_load: float = 0.15, retries: int = 3) -> dict[str, dict]:
-    """Time each of `fns` under no_grad: optional warm-up calls, then up to `repeats` rounds in
-    which every function runs once (round-robin, so load from other processes hits all alike); a
-    function stops repeating once its calls pass `budget_s` (it always gets one). A call during
-    which other processes used more than `max_other_load` of the machine is disturbed: it is
-    re-run up to `retries` times per function (kept, and counted, if it stays disturbed).
-    Reports every wall time, the min (the headline: the least disturbed) and the median."""
-    import torch
-
-    monitor = OtherLoad()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    loads: dict[str, list[float | None]] = {name: [] for name in fns}
-    disturbed = dict.fromkeys(fns, 0)
-    with torch.no_grad():
-        for name, fn in fns.items():
-            if warmup[name]:
-                fn()
-                sync()
-        for _ in range(repeats + retries):
-            for name, fn in fns.items():
-                done = times[name]
-                clean = [t for t, load in zip(done, loads[name]) if load is None or load <= max_other_load]
-                if len(clean) >= repeats or (clean and sum(done) + done[-1] > budget_s) or \
-                        (done and not clean and disturbed[name] > retries):
-                    continue
-                monitor.start()
-                start = time.perf_counter()
-                fn()
-                sync()
-                done.append(time.perf_counter() - start)
-                loads[name].append(monitor.share(done[-1]))
-                if loads[name][-1] is not None and loads[name][-1] > max_other_load:
-                    disturbed[name] += 1
-                    time.sleep(min(5.0, done[-1]))  # let the other process get on with it
-    report = {}
-    for name in fns:
-        runs = list(zip(times[name], loads[name]))
-        kept = [r for r in runs if r[1] is None or r[1] <= max_other_load] or runs
-        best = min(kept)
-        report[name] = {"times_s": [round(t, 5) for t in times[name]], "min_s": best[0],
-                        "median_s": statistics.median(t for t, _ in kept),
-                        "other_load_at_min": None if best[1] is None else round(best[1], 3),
-                        "disturbed_runs": disturbed[name], "warmup": warmup[name]}
-    return report
-
-
-def slope(ns: list[int], seconds: list[float]) -> float:
-    """Least-squares slope of log(time) on log(N)."""
-    xs, ys = [math.log(n) for n in ns], [math.log(s) for s in seconds]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-
-
-def matmul_tflops(device, dtype, sync) -> float:
-    """This machine's dense peak for reference: a 2048x2048 matmul."""
-    import torch
-
-    a = torch.randn(2048, 2048, device=device, dtype=dtype)
-    a @ a
-    sync()
-    start, reps = time.perf_counter(), 5
-    for _ in range(reps):
-        a @ a
-    sync()
-    return 2 * 2048 ** 3 * reps / (time.perf_counter() - start) / 1e12
 
 
 # ---- the benchmark --------------------------------------------------------------------------
@@ -192,7 +81,7 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     build = dict(random_init=cfg.random_init, dtype=dtype)
     urg = URG.from_pretrained(cfg.urg_preset, **build).to(device).eval()
-    chunked = dict(build, sequences_per_call=cfg.sequences_per_call)
+    chunked = dict(build, encode_batch_size=cfg.encode_batch_size)
     pair = PairRanker.from_pretrained(cfg.ranker_preset, **chunked).to(device)
     summa = SummaReranker.from_pretrained(cfg.ranker_preset, **chunked).to(device)
     simcls = SimCLS.from_pretrained(cfg.ranker_preset, **chunked).to(device)
@@ -410,9 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                  *args.set]
     try:
         cfg = load_config(args.config, overrides, schema=BenchmarkConfig)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as err:
+        return bad_input(err)
     report = run(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import job_parser  # noqa: E402
+from _cli import INPUT_ERRORS, bad_input, job_config, job_parser  # noqa: E402
 
-from urg_ray.config import ConfigError, load_config  # noqa: E402
-from urg_ray.data import DataError, drop_failed, read_records  # noqa: E402
+from urg_ray.config import ConfigError  # noqa: E402
+from urg_ray.data import drop_failed, read_records  # noqa: E402
 
 
 def named_path(value: str) -> tuple[str, str]:
@@ -41,38 +41,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = job_config(args)
         named = {kind: [named_path(v) for v in getattr(args, kind)] for kind in ("urg", "ranker", "fuser")}
         for name, path in [p for group in named.values() for p in group]:
             if not Path(path).is_dir():
                 raise ConfigError(f"{name}={path}: no such folder")
         records = drop_failed(read_records(args.test_file or cfg.data.test_file))[0][: args.max_records]
-    except (ConfigError, DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (*INPUT_ERRORS, ValueError) as err:
+        return bad_input(err)
 
-    from urg_ray import URG
-    from urg_ray.baselines import GenFuser, rank_and_fuse
-    from urg_ray.evaluation import Evaluator, load_baseline
+    from urg_ray.baselines import rank_and_fuse
+    from urg_ray.evaluation import Evaluator
+    from urg_ray.protocol import load_model
 
     print(f"[evaluate] scoring {len(records)} records x their candidates", flush=True)
     ev = Evaluator(records, cfg.data.score_keys)
     ev.add_reference_rows()
     generate = {"max_new_tokens": args.max_new_tokens}
     for name, path in named["urg"]:
-        model = URG.from_pretrained(path)
+        model = load_model(path)
         print(f"[evaluate] {name}: ranking and fusing", flush=True)
         ev.add_ranker(f"{name}-rank", model)
         ev.add_fusion(name, ev.fuse_in_batches(
             lambda q, c: [r.text for r in model.rank_and_fuse(q, c, **generate)], ev.candidates))
         if args.robustness:
             ev.add_robustness(name, lambda q, c: model.fuse(q, c, **generate))
-    rankers = [(name, load_baseline(path)) for name, path in named["ranker"]]
+    rankers = [(name, load_model(path)) for name, path in named["ranker"]]
     for name, ranker in rankers:
         print(f"[evaluate] {name}: ranking", flush=True)
         ev.add_ranker(name, ranker)
     for name, path in named["fuser"]:
-        fuser = GenFuser.from_pretrained(path)
+        fuser = load_model(path)
         if rankers:
             ranker_name, ranker = rankers[0]
             print(f"[evaluate] LLM-Blender ({ranker_name} + {name}): ranking and fusing", flush=True)

@@ -1,17 +1,19 @@
-"""Write a synthetic MixInstruct-format data set: train.jsonl, dev.jsonl, test.jsonl.
+"""Write a synthetic MixInstruct-format data set: the train, dev and test files a job config reads.
 
-    python jobs/make_data.py [--out data/synthetic] [--n-train 12000 --n-dev 200 --n-test 200]
-                             [--n-candidates 8] [--seed 0] [--set knob=value ...]
+    python jobs/make_data.py                                  # data/synthetic/{train,dev,test}.jsonl
+    python jobs/make_data.py --config jobs/configs/study.yaml --set data.n_train=16000
+    python jobs/make_data.py --out /tmp/mine --knob off_topic_rate=0.1 --knob tasks=[define,list]
 
-Knobs are the fields of `urg_ray.synthetic.SyntheticConfig` (e.g. `--set off_topic_rate=0.1`,
-`--set tasks=[define,list]`). Splits use seeds seed, seed+1, seed+2 and share one world.
+Sizes, candidates per record and seed come from the config's `data` section (data.n_train,
+n_dev, n_test, n_candidates, seed); the files are its data.train_file, dev_file and test_file,
+or train/dev/test.jsonl in `--out`. Knobs are the fields of `urg_ray.synthetic.SyntheticConfig`.
+Splits use seeds seed, seed+1, seed+2 and share one world.
 Prints, per split, the headroom the data leaves: mean BLEU per model, of the best model, of the
 oracle (best candidate per record), and of an ideal fusion of the true top-3's facts.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -20,10 +22,12 @@ from typing import Any
 
 import yaml
 
-from urg_ray.config import DataConfig
-from urg_ray.data import write_records
-from urg_ray.metrics import bleu
-from urg_ray.synthetic import MODELS, SyntheticConfig, SyntheticExample, ideal_fusion, make_examples
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import INPUT_ERRORS, bad_input, job_config, job_parser  # noqa: E402
+
+from urg_ray.data import write_records  # noqa: E402
+from urg_ray.metrics import bleu  # noqa: E402
+from urg_ray.synthetic import MODELS, SyntheticConfig, SyntheticExample, ideal_fusion, make_examples  # noqa: E402
 
 
 def parse_knobs(items: list[str]) -> dict[str, Any]:
@@ -34,14 +38,14 @@ def parse_knobs(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = (part.strip() for part in item.partition("="))
         if not sep or key not in fields:
-            raise ValueError(f"--set {item!r}: expected knob=value with knob one of {sorted(fields)}")
+            raise ValueError(f"--knob {item!r}: expected knob=value with knob one of {sorted(fields)}")
         value, default = yaml.safe_load(raw), getattr(defaults, key)
         if isinstance(default, tuple):
             value = tuple(value) if isinstance(value, list) else (value,)
         elif isinstance(default, float) and type(value) is int:
             value = float(value)
         if type(value) is not type(default):
-            raise ValueError(f"--set {item!r}: {key} needs a {type(default).__name__} (default {default!r})")
+            raise ValueError(f"--knob {item!r}: {key} needs a {type(default).__name__} (default {default!r})")
         knobs[key] = value
     return knobs
 
@@ -66,31 +70,30 @@ def headroom(examples: list[SyntheticExample], top_k: int = 3) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="data/synthetic", help="output folder")
-    defaults = DataConfig()  # the same files `jobs/train.py` makes on first use
-    parser.add_argument("--n-train", type=int, default=defaults.n_train)
-    parser.add_argument("--n-dev", type=int, default=defaults.n_dev)
-    parser.add_argument("--n-test", type=int, default=defaults.n_test)
-    parser.add_argument("--n-candidates", type=int, default=8, help=f"1..{len(MODELS)}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", dest="knobs", action="append", default=[], metavar="KNOB=VALUE",
+    parser = job_parser(__doc__.split("\n")[0], default_out=None,
+                        out_help="write train/dev/test.jsonl here (default: the config's data.*_file paths)")
+    parser.add_argument("--knob", dest="knobs", action="append", default=[], metavar="KNOB=VALUE",
                         help="override a SyntheticConfig field; repeatable")
     args = parser.parse_args(argv)
     try:
+        data = job_config(args).data
+        if not 1 <= data.n_candidates <= len(MODELS):
+            raise ValueError(f"data.n_candidates: {data.n_candidates}, expected 1..{len(MODELS)}")
         config = SyntheticConfig(**parse_knobs(args.knobs))
-    except (ValueError, TypeError) as err:
-        print(f"make_data: {err}", file=sys.stderr)
-        return 2
+    except (*INPUT_ERRORS, ValueError, TypeError) as err:
+        return bad_input(err)
 
-    out = Path(args.out)
-    for offset, (split, n) in enumerate([("train", args.n_train), ("dev", args.n_dev), ("test", args.n_test)]):
-        start = time.perf_counter()
-        examples = make_examples(n, args.n_candidates, seed=args.seed + offset, config=config,
+    files = {"train": data.train_file, "dev": data.dev_file, "test": data.test_file}
+    if args.out:
+        files = {split: Path(args.out) / f"{split}.jsonl" for split in files}
+    sizes = {"train": data.n_train, "dev": data.n_dev, "test": data.n_test}
+    for offset, (split, path) in enumerate(files.items()):
+        start, seed = time.perf_counter(), data.seed + offset
+        examples = make_examples(sizes[split], data.n_candidates, seed=seed, config=config,
                                  id_prefix=f"synthetic/{split}")
-        count = write_records(out / f"{split}.jsonl", [ex.record for ex in examples])
-        print(f"wrote {out / f'{split}.jsonl'}: {count} records x {args.n_candidates} candidates "
-              f"(seed {args.seed + offset}, {time.perf_counter() - start:.1f}s)")
+        count = write_records(path, [ex.record for ex in examples])
+        print(f"wrote {path}: {count} records x {data.n_candidates} candidates "
+              f"(seed {seed}, {time.perf_counter() - start:.1f}s)")
         if not examples:
             continue
         h = headroom(examples)

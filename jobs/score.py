@@ -13,14 +13,12 @@ failed (they carry an "error") are dropped unless `--set failed=keep`.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import job_parser  # noqa: E402
+from _cli import INPUT_ERRORS, bad_input, job_config, job_parser, start_ray  # noqa: E402
 
-from urg_ray.config import ConfigError, load_config  # noqa: E402
 from urg_ray.data import DataError, read_records  # noqa: E402
 from urg_ray.generate_config import ScoreConfig  # noqa: E402
 
@@ -28,24 +26,18 @@ from urg_ray.generate_config import ScoreConfig  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     args = job_parser(__doc__.splitlines()[0], default_out="outputs/score").parse_args(argv)
     try:  # everything that can be wrong with the inputs fails here, before Ray starts
-        cfg = load_config(args.config, args.set, schema=ScoreConfig)
+        cfg = job_config(args, schema=ScoreConfig)
         if not Path(cfg.input).is_file():
             raise DataError(f"{cfg.input}: no such file (run jobs/generate.py first, or --set input=FILE)")
         records = read_records(cfg.input)
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as err:
+        return bad_input(err)
     n = sum(len(r.candidates) for r in records)
     print(f"[score] {len(records)} records, {n} candidates from {cfg.input}: {', '.join(cfg.metrics)}", flush=True)
 
-    import ray
-
     from urg_ray.scoring import score_file
 
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address) if address else ray.init(address="local", include_dashboard=False,
-                                                           num_cpus=os.cpu_count() or 1)
+    start_ray(args.verbose)
     summary = score_file(cfg, args.out, records)
     print(f"[score] scored {summary['candidates_scored']} candidates in {summary['wall_s']} s "
           f"({summary['candidates_per_s']} candidates/s); dropped {summary['failed_dropped']} failed candidates")

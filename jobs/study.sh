@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 CONFIG=jobs/configs/study.yaml
 RESULTS=${RESULTS:-docs/results}
 
-[ -f data/study/test.jsonl ] || python jobs/make_data.py --out data/study --n-train 16000 --n-dev 200 --n-test 200
+[ -f data/study/test.jsonl ] || python jobs/make_data.py --config "$CONFIG" --set data.n_train=16000
 
 train() {  # NAME, then --set overrides
   local name=$1; shift

@@ -15,39 +15,27 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import job_parser  # noqa: E402
-
-from urg_ray.config import ConfigError, load_config  # noqa: E402
-from urg_ray.data import DataError  # noqa: E402
+from _cli import INPUT_ERRORS, bad_input, job_config, job_parser, start_ray  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     args = job_parser(__doc__.splitlines()[0], default_out="outputs/train").parse_args(argv)
     try:  # everything that can be wrong with the inputs fails here, before Ray starts
-        cfg = load_config(args.config, args.set)
+        cfg = job_config(args)
         from urg_ray.train import fit, prepare_data
 
         records = prepare_data(cfg, source=args.config or "<defaults>")
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as err:
+        return bad_input(err)
     print(f"[train] method {cfg.method}, preset {cfg.model.preset}: {len(records['train'])} train / "
           f"{len(records['dev'])} dev records, {cfg.train.num_workers} workers", flush=True)
-
-    import ray
-
-    if not ray.is_initialized():
-        # Inside `ray job submit` RAY_ADDRESS points at the cluster; otherwise start a local one.
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address) if address else ray.init(
-            address="local", include_dashboard=False,
-            # one CPU more than the workers take, for Ray Data's tasks feeding them
-            num_cpus=max(os.cpu_count() or 1, int(cfg.train.num_workers * cfg.train.cpus_per_worker) + 1))
-    summary = fit(cfg, records, args.out)
+    # one CPU more than the workers take, for Ray Data's tasks feeding them
+    start_ray(args.verbose, num_cpus=max(os.cpu_count() or 1, int(cfg.train.num_workers * cfg.train.cpus_per_worker) + 1))
+    summary = fit(cfg, records, args.out, verbose=args.verbose)
     print(f"[train] done in {summary['wall_s']} s, {summary['samples_per_s']:.1f} samples/s")
     print(f"[train] best checkpoint: {summary['best_checkpoint']}")
     print(f"[train] best dev metrics: {json.dumps({k: round(v, 4) for k, v in summary['best_metrics'].items() if isinstance(v, float)})}")
-    print(f"[train] model: {summary['model_dir']}  (URG.from_pretrained loads it)")
+    print(f"[train] model: {summary['model_dir']}  (from_pretrained of its class loads it; urg_ray.protocol.load_model any)")
     print(f"[train] summary: {Path(args.out) / 'train_summary.json'}")
     return 0
 

@@ -116,7 +116,7 @@ def test_pair_ranker_matrix_is_one_batched_call_and_matches_single_pairs(rankers
             m = ranker.comparison_matrix(batch)
     finally:
         hook.remove()
-    assert len(calls) == 1  # 4*3 + 2*1 + 0 = 14 pairs <= sequences_per_call
+    assert len(calls) == 1  # 4*3 + 2*1 + 0 = 14 pairs <= encode_batch_size
     assert m[0].diagonal().eq(0).all() and m[1, 2:].eq(0).all() and m[1, :, 2:].eq(0).all()
     with torch.no_grad():  # one pair alone gives the same s_ij as inside the batch
         left, right = ranker.pair_logits(batch, torch.tensor([0]), torch.tensor([3]), torch.tensor([1]))
@@ -130,10 +130,10 @@ def test_bubble_runs_n_minus_one_rounds_and_chunks_cap_the_full_matrix(rankers):
     try:
         ranker.rank(QUESTIONS, CANDIDATES, aggregation="bubble")
         bubble_calls, calls[:] = len(calls), []
-        ranker.config.sequences_per_call = 5
+        ranker.config.encode_batch_size = 5
         ranker.rank(QUESTIONS, CANDIDATES)
     finally:
-        ranker.config.sequences_per_call = BaselineConfig.model_fields["sequences_per_call"].default
+        ranker.config.encode_batch_size = BaselineConfig.model_fields["encode_batch_size"].default
         hook.remove()
     assert bubble_calls == 3  # N_max - 1 rounds, each one call over the questions still comparing
     assert len(calls) == 3  # 14 pairs in chunks of 5

@@ -60,7 +60,21 @@ def test_every_method_builds_from_the_shared_model_section(method):
     cfg = JobConfig.model_validate({"method": method, "model": {"encode_batch_size": 7, "top_k": 2}})
     model = build_model(cfg)
     assert model.config.method == method
-    assert (model.config.sequences_per_call, model.config.top_k) == (7, 2)
+    assert (model.config.encode_batch_size, model.config.top_k) == (7, 2)
+
+
+def test_checkpoint_metric_defaults_to_the_models_own_and_rejects_what_it_cannot_report():
+    from urg_ray.config import ConfigError
+    from urg_ray.train import checkpoint_metric
+
+    def job(method, metric=None):
+        return JobConfig.model_validate({"method": method, "train": {"checkpoint_metric": metric}})
+
+    assert [checkpoint_metric(job(m)) for m in ("urg", "simcls", "gen_fuser")] == [
+        "dev_fused_bleu", "dev_top1_quality", "dev_fused_bleu"]
+    assert checkpoint_metric(job("urg", "dev_spearman")) == "dev_spearman"
+    with pytest.raises(ConfigError, match="train.checkpoint_metric: pair_ranker reports .* not dev_fused_bleu"):
+        checkpoint_metric(job("pair_ranker", "dev_fused_bleu"))
 
 
 @pytest.mark.slow
@@ -79,15 +93,18 @@ def test_deepspeed_training_checkpoints_reloads_and_resumes(tmp_path):
     state = _latest_state(tmp_path / "runs" / "t")
     assert state["step"] == 20 and "resumed_from" not in state
 
-    # the exported model ranks exactly as the in-memory model did when it was saved
+    # the exported model holds exactly the weights training had: those of the best checkpoint's
+    # DeepSpeed state (its fp32 master weights, which a resume continues from)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
     model = URG.from_pretrained(tmp_path / "out" / "model")
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
     assert summary["samples_per_s"] > 0 and summary["num_workers"] == 2
-    best_state = json.loads((Path(summary["best_checkpoint"]) / "train_state.json").read_text())
-    from urg_ray.data import read_records
-    probe = read_records(tmp_path / "dev.jsonl")[:4]
-    scores = model.rank([r.question for r in probe], [[c.text for c in r.candidates] for r in probe]).scores
-    torch.testing.assert_close(scores, torch.tensor(best_state["probe_scores"]), rtol=1e-5, atol=1e-6)
+    trained = get_fp32_state_dict_from_zero_checkpoint(summary["best_checkpoint"], tag="deepspeed")
+    exported = model.state_dict()
+    assert set(trained) <= set(exported) and len(trained) > 0
+    for name, weight in trained.items():
+        torch.testing.assert_close(exported[name], weight, rtol=0, atol=0, msg=name)
 
     second = run_job(*common, "--set", "train.max_steps=30")
     assert second.returncode == 0, second.stderr[-3000:]
@@ -162,9 +179,9 @@ def test_a_baseline_trains_through_the_same_job(tmp_path, method):
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = _latest_state(tmp_path / "runs" / "b")
     assert state["step"] == 4 and all(math.isfinite(h["loss"]) for h in state["history"])
-    from urg_ray.evaluation import load_baseline
+    from urg_ray.protocol import load_model
 
-    model = load_baseline(tmp_path / "out" / "model")
+    model = load_model(tmp_path / "out" / "model")
     assert model.config.method == method
     metric = "dev_fused_bleu" if method == "gen_fuser" else "dev_top1_quality"
     assert metric in state["metrics"]

@@ -95,7 +95,8 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(250, ge=1)  # evaluates on dev, then saves
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)  # worker failures survived by restarting from the last checkpoint
-    checkpoint_metric: Literal["dev_fused_bleu", "dev_top1_quality", "dev_spearman"] = "dev_fused_bleu"
+    # picks the best checkpoint; None: the model's own (URG and GenFuser dev_fused_bleu, rankers dev_top1_quality)
+    checkpoint_metric: Literal["dev_fused_bleu", "dev_top1_quality", "dev_spearman"] | None = None
     dev_max_records: int = Field(200, ge=1)  # ranked at each evaluation
     dev_fuse_records: int = Field(64, ge=0)  # of those, fused (greedy) for dev_fused_bleu
     resume_from: str | None = None  # a checkpoint folder; by default a re-run resumes its own

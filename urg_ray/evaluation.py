@@ -134,16 +134,6 @@ class Evaluator:
         return [out / "eval.json", out / "eval.md", *write_charts(data, out)]
 
 
-def load_baseline(path: str | Path):
-    """A baseline saved by `save_pretrained` (PairRanker, SummaReranker, SimCLS, GenFuser), by the
-    method its folder records."""
-    from urg_ray.baselines import BASELINES, BaselineConfig
-    from urg_ray.baselines.presets import BASELINE_CONFIG_FILE
-
-    saved = BaselineConfig.model_validate_json((Path(path) / BASELINE_CONFIG_FILE).read_text())
-    return BASELINES[saved.method].from_pretrained(path)
-
-
 def rank_correlation(scores: Sequence[Sequence[float]], truth: Sequence[Sequence[float]]) -> dict[str, float]:
     """Mean over records of Pearson and Spearman (predicted scores vs ground-truth quality) and
     Spearman's footrule between the two rankings (LLM-Blender Table 3; footrule: lower is better).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from urg_ray.config import LossConfig, ModelConfig
 from urg_ray.data import Batch, Collator
 from urg_ray.positions import POSITIONS_FILE, AbsolutePositions
 from urg_ray.presets import get_preset, set_dropout, t5_config, tiny_tokenizer
-from urg_ray.saving import load_parts, save_folder
+from urg_ray.protocol import RankerFuser
 
 log = logging.getLogger(__name__)
 URG_CONFIG_FILE = "urg_config.json"
@@ -92,8 +91,16 @@ def gather_states(states: torch.Tensor, mask: torch.Tensor, index: torch.Tensor,
     return chosen.reshape(b, -1, hidden), chosen_mask.reshape(b, -1)
 
 
-class URG(nn.Module):
+class URG(RankerFuser):
     """Ranker and fuser in one encoder-decoder. `forward(batch)` returns the training losses."""
+
+    method = "urg"
+    can_rank = can_fuse = True
+    checkpoint_metric = "dev_fused_bleu"
+    log_terms = ("rank_loss", "kl_loss", "ce_loss")  # eq. 11's terms
+    uses_gamma = True
+    config_class = ModelConfig
+    config_file = URG_CONFIG_FILE
 
     def __init__(self, model: T5ForConditionalGeneration, tokenizer, config: ModelConfig | None = None,
                  loss_config: LossConfig | None = None):
@@ -116,52 +123,43 @@ class URG(nn.Module):
             self.positions = AbsolutePositions(MAX_POSITIONS, model.config.d_model).attach(model)
             self.positions.to(device=model.device, dtype=model.dtype)
 
-    # ---- loading and saving -------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, random_init: bool = False, seed: int = 0,
-                        dtype: torch.dtype | None = None, **overrides) -> "URG":
-        """A preset name (`tiny`, `flan-t5-large`, `flan-t5-xl`), a folder from `save_pretrained`,
-        or any Hugging Face seq2seq model id. `overrides` set ModelConfig fields (e.g. top_k=2)."""
-        path = Path(name_or_path)
-        rng = torch.random.fork_rng()  # random init: the same weights for the same seed, every call
-        with rng:
-            torch.manual_seed(seed)
-            if path.is_dir():
-                saved = path / URG_CONFIG_FILE
-                config = ModelConfig.model_validate_json(saved.read_text()) if saved.is_file() else ModelConfig()
-                model = AutoModelForSeq2SeqLM.from_pretrained(path, attn_implementation="eager", dtype=dtype)
-                tokenizer = AutoTokenizer.from_pretrained(path)
-            else:
-                name = str(name_or_path)
-                preset = get_preset(name) if "/" not in name else None
-                config = ModelConfig(preset=name, random_init=random_init,
-                                     absolute_positions=preset.absolute_positions if preset else False)
-                if preset is not None and (preset.hub_name is None or random_init):
-                    tokenizer = tiny_tokenizer()
-                    model = T5ForConditionalGeneration._from_config(
-                        t5_config(preset, vocab_size=len(tokenizer)), attn_implementation="eager", dtype=dtype)
-                else:
-                    hub = preset.hub_name if preset else name
-                    model = AutoModelForSeq2SeqLM.from_pretrained(hub, attn_implementation="eager", dtype=dtype)
-                    tokenizer = AutoTokenizer.from_pretrained(hub)
-            # None means "not set" (as in a YAML without the key): keep what the model has
-            config = ModelConfig.model_validate({**config.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
-            if config.dropout is not None:
-                set_dropout(model, config.dropout)
-                model.config.dropout_rate = config.dropout
-            urg = cls(model, tokenizer, config)
-        if path.is_dir():
-            load_parts(path, {POSITIONS_FILE: urg.positions})
-        return urg.eval()
-
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Weights as safetensors, the backbone config, the tokenizer and urg_config.json."""
-        return save_folder(path, self.model, self.tokenizer, self.config, URG_CONFIG_FILE,
-                           {POSITIONS_FILE: self.positions})
-
+    # ---- loading and saving (urg_ray.saving.Pretrained: from_pretrained, save_pretrained) ---
     @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
+    def backbone(self) -> T5ForConditionalGeneration:
+        return self.model
+
+    @classmethod
+    def _preset_config(cls, name: str, random_init: bool) -> dict:
+        preset = get_preset(name) if "/" not in name else None
+        return {"preset": name, "random_init": random_init,
+                "absolute_positions": preset.absolute_positions if preset else False}
+
+    @classmethod
+    def _build_backbone(cls, config: ModelConfig, dtype: torch.dtype | None):
+        preset = get_preset(config.preset) if "/" not in config.preset else None
+        if preset is not None and (preset.hub_name is None or config.random_init):
+            tokenizer = tiny_tokenizer()
+            return T5ForConditionalGeneration._from_config(
+                t5_config(preset, vocab_size=len(tokenizer)), attn_implementation="eager", dtype=dtype), tokenizer
+        hub = preset.hub_name if preset else config.preset
+        return (AutoModelForSeq2SeqLM.from_pretrained(hub, attn_implementation="eager", dtype=dtype),
+                AutoTokenizer.from_pretrained(hub))
+
+    @classmethod
+    def _load_backbone(cls, path: Path, dtype: torch.dtype | None):
+        return AutoModelForSeq2SeqLM.from_pretrained(path, attn_implementation="eager", dtype=dtype)
+
+    @classmethod
+    def _saved_config(cls, path: Path) -> ModelConfig:
+        """urg_config.json; a plain Hugging Face seq2seq folder gets the defaults."""
+        return super()._saved_config(path) if (path / URG_CONFIG_FILE).is_file() else ModelConfig()
+
+    def _saved_parts(self) -> dict[str, nn.Module | None]:
+        return {POSITIONS_FILE: self.positions}
+
+    def _apply_dropout(self, p: float) -> None:
+        set_dropout(self.model, p)
+        self.model.config.dropout_rate = p  # saved in config.json: a plain HF load agrees
 
     # ---- the three stages ---------------------------------------------------------------
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,6 +216,9 @@ class URG(nn.Module):
                 yield
             finally:
                 config._attn_implementation = before
+
+    def configure_loss(self, loss: LossConfig) -> None:
+        self.loss_config = loss
 
     def _decoder_logits(self, states: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) of the reference given concatenated encoder states."""
@@ -310,6 +311,11 @@ class URG(nn.Module):
         everything = torch.arange(states.size(1), device=states.device).expand(states.size(0), -1)
         return self._generate(*gather_states(states, mask, everything, batch.candidate_mask), max_new_tokens,
                               **generate_kwargs)
+
+    def dev_fuse(self, questions: list[str], candidates: list[list[str]], truths: list[list[float]],
+                 max_new_tokens: int) -> list[str]:
+        """Dev fusion is URG's own: its top-k by its ranking (the truths are not used)."""
+        return [r.text for r in self.rank_and_fuse(questions, candidates, max_new_tokens=max_new_tokens)]
 
     def _generate(self, states: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, **generate_kwargs) -> list[str]:
         """HF generate from given encoder states (B, K*L, H): they are reused, never re-encoded."""

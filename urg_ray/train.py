@@ -13,8 +13,10 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import torch
 from urg_ray import metrics
 from urg_ray.config import ConfigError, JobConfig
 from urg_ray.data import DataError, Record, drop_failed, quality, read_records, write_records
+from urg_ray.protocol import RankerFuser, mean, model_class
 
 MODEL_DIR = "model"  # inside each checkpoint: the safetensors export
 STATE_FILE = "train_state.json"
@@ -30,12 +33,15 @@ DS_TAG = "deepspeed"  # inside each checkpoint: DeepSpeed's own (trusted, self-w
 # Workers log through `logging`: Ray Train forwards it to the driver once (its patched print
 # tees to stdout as well when another library has wrapped it, printing each line twice).
 log = logging.getLogger("urg_ray.train")
-TERMS = ("loss", "rank_loss", "kl_loss", "ce_loss")  # logged per window
 
 
 # ---- data: validated on the driver ----------------------------------------------------------
 def prepare_data(cfg: JobConfig, source: str = "<defaults>") -> dict[str, list[Record]]:
     """Read train and dev files (making the synthetic ones first when configured and missing)."""
+    try:  # a metric the model cannot report fails here, not after training
+        checkpoint_metric(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     d = cfg.data
     if d.synthetic:  # the test split too, so jobs/evaluate.py finds it later
         from urg_ray.synthetic import make_dataset
@@ -60,61 +66,22 @@ def prepare_data(cfg: JobConfig, source: str = "<defaults>") -> dict[str, list[R
     return records
 
 
-def build_model(cfg: JobConfig):
-    """The model a config asks for: URG, or one of the peer baselines (same training contract)."""
+def build_model(cfg: JobConfig) -> RankerFuser:
+    """The model a config asks for: URG or a peer baseline, all under one protocol."""
     overrides = cfg.model.model_dump(exclude={"preset"})
-    if cfg.method == "urg":
-        from urg_ray.model import URG
-
-        model = URG.from_pretrained(cfg.model.preset, seed=cfg.train.seed, **overrides)
-        model.loss_config = cfg.loss
-        return model
-    from urg_ray import baselines
-
-    # the rankers' name for the same knob: encoder sequences per call (None: keep their default)
-    per_call = overrides.pop("encode_batch_size")
-    if per_call is not None:
-        overrides["sequences_per_call"] = per_call
-    return baselines.build(cfg.method, cfg.model.preset, **overrides)
+    model = model_class(cfg.method).from_pretrained(cfg.model.preset, seed=cfg.train.seed, **overrides)
+    model.configure_loss(cfg.loss)
+    return model
 
 
-# ---- evaluation -----------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model, records: list[Record], score_keys, batch_size: int = 32, fuse_records: int = 0) -> dict:
-    """Dev metrics: rank correlation with ground truth and quality of the top-1 pick (rankers),
-    BLEU of fused answers (URG: its own top-k; GenFuser: the true top-k)."""
-    model.eval()
-    spearman, top1, oracle, fused, refs = [], [], [], [], []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        questions, candidates = [r.question for r in chunk], [[c.text for c in r.candidates] for r in chunk]
-        truths = [quality(r, score_keys)[1] for r in chunk]
-        oracle += [max(t) for t in truths]
-        if hasattr(model, "rank"):
-            ranked = model.rank(questions, candidates)
-            for truth, ranks, scores in zip(truths, ranked.ranks, ranked.scores):
-                if len(truth) > 1:
-                    spearman.append(metrics.spearman(scores[: len(truth)].tolist(), truth))
-                top1.append(truth[ranks[0]])
-        n = max(0, min(len(chunk), fuse_records - start))
-        if n and hasattr(model, "rank_and_fuse"):
-            results = model.rank_and_fuse(questions[:n], candidates[:n], max_new_tokens=model.config.target_max_length)
-            fused += [x.text for x in results]
-        elif n and hasattr(model, "fuse"):
-            best = [sorted(range(len(t)), key=lambda i: -t[i])[: model.config.top_k] for t in truths[:n]]
-            fused += model.fuse(questions[:n], [[c[i] for i in b] for c, b in zip(candidates, best)],
-                                max_new_tokens=model.config.target_max_length)
-        refs += [r.output for r in chunk[:n]]
-    model.train()
-    out = {"dev_spearman": _mean(spearman), "dev_top1_quality": _mean(top1), "dev_oracle_quality": _mean(oracle)}
-    if fused:
-        out["dev_fused_bleu"] = _mean(metrics.bleu(fused, refs))
-    return out
-
-
-def _mean(values: list[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else float("nan")
+def checkpoint_metric(cfg: JobConfig) -> str:
+    """The dev metric that picks the best checkpoint: as configured, else the model's own."""
+    cls = model_class(cfg.method)
+    metric = cfg.train.checkpoint_metric or cls.checkpoint_metric
+    if metric not in cls.dev_metric_names():
+        raise ConfigError(f"train.checkpoint_metric: {cfg.method} reports {', '.join(cls.dev_metric_names())}, "
+                          f"not {metric}")
+    return metric
 
 
 # ---- the per-worker loop --------------------------------------------------------------------
@@ -136,8 +103,27 @@ def warmup_linear(warmup: int, total: int):
     return lambda step: (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
 
+def quiet_worker(rank: int, verbose: bool) -> None:
+    """The console shows rank 0's `urg_ray` log lines and warnings; everything else a worker
+    writes goes to its Ray log file (`--verbose`: to the console as well)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.INFO if rank == 0 or verbose else logging.WARNING)
+    package = logging.getLogger("urg_ray")
+    package.handlers[:] = [handler]
+    package.setLevel(logging.INFO)
+    package.propagate = False
+    if not verbose:
+        # Ray Train turns other libraries' prints into root-logger INFO records (DeepSpeed's op builds)
+        logging.getLogger().setLevel(logging.WARNING)
+        # deprecations inside DeepSpeed and torch.distributed, not ours to fix
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Writing model shards" at every checkpoint
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import deepspeed
     import ray.train
     import ray.train.torch
     import torch.distributed as dist
@@ -146,7 +132,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     t = cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    verbose = config.get("verbose", False)
+    quiet_worker(rank, verbose)
     torch.manual_seed(t.seed + rank)
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if t.use_gpu else "cpu")  # no detection warning
+    import deepspeed
 
     # -- set-up
     model = build_model(cfg).train()
@@ -159,6 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     engine, *_ = deepspeed.initialize(model=model.to(ray.train.torch.get_device()), optimizer=optimizer,
                                       lr_scheduler=scheduler, config=deepspeed_config(cfg))
     dev = [Record.model_validate_json(s) for s in config["dev"]][: t.dev_max_records]
+    terms = ("loss", *model.log_terms)  # averaged over each log window
 
     # -- resume: the run's own latest checkpoint, else an explicit folder
     step, state = 0, {"history": []}
@@ -170,32 +161,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step = state["resumed_from"] = state["step"]
         if rank == 0:
             log.info(f"[train] resumed from step {step} ({checkpoint.path})")
-    probe = dev[:4]
 
     def save(metrics_now: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             engine.save_checkpoint(d, tag=DS_TAG)  # collective: every rank writes its ZeRO shard
             if rank == 0:
                 model.save_pretrained(Path(d) / MODEL_DIR)
-                # probe_scores: what this model ranks now, so a reload can be checked against it
-                if hasattr(model, "rank"):
-                    probe_scores = model.eval().rank([r.question for r in probe], [[c.text for c in r.candidates] for r in probe])
-                    state["probe_scores"] = probe_scores.scores.tolist()
-                    model.train()
                 state.update(step=step, metrics=metrics_now)
                 (Path(d) / STATE_FILE).write_text(json.dumps(state))
             ray.train.report(metrics_now, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     def dev_metrics() -> dict:
-        out = [evaluate(model, dev, cfg.data.score_keys, fuse_records=t.dev_fuse_records) if rank == 0 else None]
+        out = [model.dev_metrics(dev, cfg.data.score_keys, fuse_records=t.dev_fuse_records) if rank == 0 else None]
         if world > 1:
             dist.broadcast_object_list(out, src=0)  # every rank reports the same numbers
         return out[0]
 
+    def log_step(entry: dict, epoch: int) -> None:
+        done = (step - first_step) / (total - first_step)
+        eta = (time.perf_counter() - started) * (1 - done) / done
+        parts = " ".join(f"{term.removesuffix('_loss')} {entry[term]:.4f}" for term in model.log_terms)
+        shown = f"loss {entry['loss']:.4f}" + (f" ({parts})" if parts else "")
+        if model.uses_gamma:
+            shown += f" | gamma {cfg.loss.gamma_at(step):.2f}"
+        log.info(f"[train] step {step}/{total} ({100 * step / total:.0f}%, eta {eta / 60:.1f} min) epoch {epoch} | "
+                 f"{shown} | lr {scheduler.get_last_lr()[0]:.2e} | {entry['samples_per_s']:.1f} samples/s")
+
     # -- train
     shard = ray.train.get_dataset_shard("train")
-    window = dict.fromkeys(TERMS, 0.0) | {"n": 0, "samples": 0, "t0": time.perf_counter()}
-    first_step, throughput = step, []
+    window = dict.fromkeys(terms, 0.0) | {"n": 0, "samples": 0, "t0": time.perf_counter()}
+    first_step, throughput, started = step, [], time.perf_counter()
     while step < total:
         epoch, skip = divmod(step, steps_per_epoch)
         batches = shard.iter_batches(batch_size=t.batch_size, drop_last=True, batch_format="numpy",
@@ -206,41 +201,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if i >= steps_per_epoch or step >= total:
                 break
             batch = model.collator([Record.model_validate_json(s) for s in rows["record"]]).to(engine.device)
-            out = engine(batch, gamma=cfg.loss.gamma_at(step)) if cfg.method == "urg" else engine(batch)
+            out = engine(batch, gamma=cfg.loss.gamma_at(step))
             engine.backward(out.loss)
             engine.step()
             step += 1
             window["n"] += 1
             window["samples"] += len(rows["record"]) * world
-            for term in TERMS:  # baselines have fewer terms
-                window[term] += float(getattr(out, term, None) or 0.0)
+            for term in terms:
+                window[term] += getattr(out, term).item()
             if step % t.log_every == 0 or step == total:
                 rate = window["samples"] / (time.perf_counter() - window["t0"])
                 if step - first_step > t.log_every:  # the first window carries start-up costs
                     throughput.append(rate)
-                entry = {"step": step, "samples_per_s": rate, **{term: window[term] / window["n"] for term in TERMS}}
+                entry = {"step": step, "samples_per_s": rate, **{term: window[term] / window["n"] for term in terms}}
                 state["history"].append(entry)
                 if rank == 0:
-                    terms = (f" (rank {entry['rank_loss']:.4f} kl {entry['kl_loss']:.4f} ce {entry['ce_loss']:.4f}) | "
-                             f"gamma {cfg.loss.gamma_at(step):.2f}") if cfg.method == "urg" else ""  # eq. 11's terms
-                    log.info(f"[train] step {step}/{total} epoch {epoch} | loss {entry['loss']:.4f}{terms} | "
-                             f"lr {scheduler.get_last_lr()[0]:.2e} | {rate:.1f} samples/s")
-                window = dict.fromkeys(TERMS, 0.0) | {"n": 0, "samples": 0, "t0": time.perf_counter()}
+                    log_step(entry, epoch)
+                window = dict.fromkeys(terms, 0.0) | {"n": 0, "samples": 0, "t0": time.perf_counter()}
             if step % t.checkpoint_every == 0 or step == total:
-                found = {**dev_metrics(), "step": step, "samples_per_s": _mean(throughput)}
+                found = {**dev_metrics(), "step": step, "samples_per_s": mean(throughput)}
                 if rank == 0:
-                    log.info("[eval] " + " ".join(f"{k} {v:.4f}" for k, v in found.items()))
+                    log.info(f"[eval] step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in found.items()
+                                                                 if k.startswith("dev_")))
                 save(found)
 
 
-def checkpoint_metric(cfg: JobConfig) -> str:
-    """URG: as configured; a ranker has no fused text, GenFuser no ranking."""
-    return {"urg": cfg.train.checkpoint_metric, "gen_fuser": "dev_fused_bleu"}.get(cfg.method, "dev_top1_quality")
-
-
 # ---- the trainer and the driver side --------------------------------------------------------
-def build_trainer(cfg: JobConfig, records: dict[str, list[Record]], loop=None):
-    """A TorchTrainer running `loop` (default: train_loop_per_worker) on `records`."""
+def build_trainer(cfg: JobConfig, records: dict[str, list[Record]], loop=None, verbose: bool = False):
+    """A TorchTrainer running `loop` (default: train_loop_per_worker) on `records`. Unless
+    `verbose`, workers log only rank 0's progress and warnings to the console."""
+    import ray
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -248,26 +238,30 @@ def build_trainer(cfg: JobConfig, records: dict[str, list[Record]], loop=None):
     t = cfg.train
     train = [r.model_dump_json() for r in records["train"]]
     random.Random(t.seed).shuffle(train)
+    dataset = ray.data.from_items([{"record": s} for s in train])
+    # the split's progress bars count rows fed to workers, not training progress: the step lines do
+    dataset.context.enable_progress_bars = verbose
     return TorchTrainer(
         loop or train_loop_per_worker,
-        train_loop_config={"job": cfg.model_dump(), "n_train": len(train),
+        train_loop_config={"job": cfg.model_dump(), "n_train": len(train), "verbose": verbose,
                            "dev": [r.model_dump_json() for r in records["dev"]]},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=RunConfig(
             name=t.name, storage_path=str(Path(t.storage_path).resolve()),
             failure_config=FailureConfig(max_failures=t.max_failures),
+            logging_config=ray.LoggingConfig(log_level="INFO" if verbose else "WARNING"),  # Ray Train's own
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=checkpoint_metric(cfg),
                                                checkpoint_score_order="max"),
         ),
-        datasets={"train": ray.data.from_items([{"record": s} for s in train])},
+        datasets={"train": dataset},
     )
 
 
-def fit(cfg: JobConfig, records: dict[str, list[Record]], out_dir: str | os.PathLike) -> dict:
+def fit(cfg: JobConfig, records: dict[str, list[Record]], out_dir: str | os.PathLike, verbose: bool = False) -> dict:
     """Train, then copy the best checkpoint's model to `out_dir/model`; returns the summary."""
     started = time.time()
-    result = build_trainer(cfg, records).fit()
+    result = build_trainer(cfg, records, verbose=verbose).fit()
     metric = checkpoint_metric(cfg)
     scored = [(c, m) for c, m in result.best_checkpoints if not math.isnan(m.get(metric, math.nan))]
     best, best_metrics = max(scored, key=lambda cm: cm[1][metric]) if scored else (

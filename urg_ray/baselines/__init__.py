@@ -6,7 +6,8 @@
     fuser = GenFuser.from_pretrained("tiny")
     outs = rank_and_fuse(ranker, fuser, questions, candidates, top_k=3)   # like URG.rank_and_fuse
 
-Each is trainable by the same loop as URG: `out = model(model.collator(records))`, `out.loss`.
+Each follows URG's protocol (urg_ray/protocol.py), so one training loop and one evaluation
+serve all: `out = model(model.collator(records), gamma=...)`, `out.loss`.
 """
 
 from urg_ray.baselines.aggregation import bubble_pass, bubble_scores, max_logits, max_wins
@@ -20,9 +21,10 @@ __all__ = ["BASELINES", "build", "RANKER_PRESETS", "BaselineConfig", "GenFuser",
            "bubble_pass", "bubble_scores", "fusion_input", "max_logits", "max_wins", "rank_and_fuse"]
 
 
+
 def build(method: str, preset: str, **overrides):
-    """The baseline `method` (JobConfig.method: pair_ranker, summa_reranker, simcls, gen_fuser)
-    from a preset or folder; `overrides` set BaselineConfig fields. Used by urg_ray.train."""
+    """The baseline `method` (pair_ranker, summa_reranker, simcls, gen_fuser) from a preset or
+    folder; `overrides` set BaselineConfig fields."""
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")
     return BASELINES[method].from_pretrained(preset, **overrides)

@@ -1,5 +1,5 @@
-"""What the baselines share: loading and saving (like `URG`), the rankers' collator and
-sequence packing.
+"""What the baselines share: loading and saving (`urg_ray.saving.Pretrained`, as `URG`), the
+model protocol (`urg_ray.protocol.RankerFuser`), the rankers' collator and sequence packing.
 
 A saved baseline is a folder: the backbone as Hugging Face saves it (config.json +
 model.safetensors), the tokenizer, `baseline_config.json` and, for rankers, the scoring head
@@ -9,26 +9,24 @@ No pickle anywhere.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer
 
 from urg_ray.baselines.presets import BASELINE_CONFIG_FILE, HEAD_FILE, BaselineConfig
 from urg_ray.data import Batch, Collator
 from urg_ray.positions import POSITIONS_FILE
-from urg_ray.presets import set_dropout
-from urg_ray.saving import load_parts, save_folder
+from urg_ray.protocol import RankerFuser
 
 
-class Baseline(nn.Module):
+class Baseline(RankerFuser):
     """A backbone, its tokenizer, a `BaselineConfig` and an optional scoring `head`."""
 
-    method: ClassVar[str]
+    config_class = BaselineConfig
+    config_file = BASELINE_CONFIG_FILE
 
     def __init__(self, backbone: nn.Module, tokenizer, config: BaselineConfig):
         super().__init__()
@@ -38,64 +36,21 @@ class Baseline(nn.Module):
         self.head: nn.Module | None = None  # a scoring head beside the backbone (rankers)
         self.positions: nn.Module | None = None  # learned absolute positions (tiny GenFuser)
 
-    # ---- hooks the subclasses fill in ---------------------------------------------------
+    # ---- loading and saving (urg_ray.saving.Pretrained: from_pretrained, save_pretrained) ---
     @classmethod
-    def _preset_defaults(cls, name: str) -> dict:
-        """Config fields a preset decides unless an override gives a value (not None)."""
-        return {}
+    def _preset_config(cls, name: str, random_init: bool) -> dict:
+        return {"method": cls.method, "preset": name, "random_init": random_init}
 
     @classmethod
-    def _build_backbone(cls, name: str, random_init: bool, dtype: torch.dtype | None) -> tuple[nn.Module, object]:
-        raise NotImplementedError
-
-    @classmethod
-    def _load_backbone(cls, path: Path, dtype: torch.dtype | None) -> nn.Module:
-        raise NotImplementedError
-
-    # ---- loading and saving -------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, random_init: bool = False, seed: int = 0,
-                        dtype: torch.dtype | None = None, **overrides):
-        """A preset name, a folder from `save_pretrained`, or a Hugging Face model id.
-        `overrides` set `BaselineConfig` fields (e.g. aggregation="bubble", dropout=0.0)."""
-        path = Path(name_or_path)
-        if path.is_dir():
-            saved = BaselineConfig.model_validate_json((path / BASELINE_CONFIG_FILE).read_text())
-            if saved.method != cls.method:
-                raise ValueError(f"{path} holds a {saved.method!r} model, not {cls.method!r}")
-            config = BaselineConfig.model_validate({**saved.model_dump(), **overrides})
-            model = cls(cls._load_backbone(path, dtype), AutoTokenizer.from_pretrained(path), config)
-            load_parts(path, model._saved_parts())
-        else:
-            defaults = cls._preset_defaults(str(name_or_path))
-            overrides = {k: v for k, v in overrides.items() if v is not None or k not in defaults}
-            config = BaselineConfig.model_validate(
-                {"method": cls.method, "preset": str(name_or_path), "random_init": random_init, **defaults, **overrides})
-            with torch.random.fork_rng():  # the same weights for the same seed, every call
-                torch.manual_seed(seed)
-                backbone, tokenizer = cls._build_backbone(config.preset, random_init, dtype)
-                model = cls(backbone, tokenizer, config)
-        if config.dropout is not None:
-            set_dropout(model, config.dropout)
-        if dtype is not None:
-            model.to(dtype)
-        return model.eval()
-
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Backbone (safetensors + config.json), tokenizer, baseline_config.json, head."""
-        return save_folder(path, self.backbone, self.tokenizer, self.config, BASELINE_CONFIG_FILE,
-                           self._saved_parts())
+    def _saved_config(cls, path: Path) -> BaselineConfig:
+        saved = super()._saved_config(path)
+        if saved.method != cls.method:
+            raise ValueError(f"{path} holds a {saved.method!r} model, not {cls.method!r}")
+        return saved
 
     def _saved_parts(self) -> dict[str, nn.Module | None]:
         """Modules saved beside the backbone: the scoring head and the absolute positions."""
         return {HEAD_FILE: self.head, POSITIONS_FILE: self.positions}
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 # ---- rankers' inputs -------------------------------------------------------------------

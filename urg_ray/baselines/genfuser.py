@@ -95,6 +95,8 @@ class FuserOutput:
 
 class GenFuser(Baseline):
     method = "gen_fuser"
+    can_fuse = True
+    checkpoint_metric = "dev_fused_bleu"
 
     def __init__(self, backbone: T5ForConditionalGeneration, tokenizer, config: BaselineConfig):
         super().__init__(backbone, tokenizer, config)
@@ -105,13 +107,15 @@ class GenFuser(Baseline):
             self.positions = AbsolutePositions(max_positions, backbone.config.d_model).attach(backbone)
 
     @classmethod
-    def _preset_defaults(cls, name: str) -> dict:
-        return {"absolute_positions": bool(getattr(PRESETS.get(name), "absolute_positions", False))}
+    def _preset_config(cls, name: str, random_init: bool) -> dict:
+        return {**super()._preset_config(name, random_init),
+                "absolute_positions": bool(getattr(PRESETS.get(name), "absolute_positions", False))}
 
     @classmethod
-    def _build_backbone(cls, name: str, random_init: bool, dtype: torch.dtype | None):
+    def _build_backbone(cls, config: BaselineConfig, dtype: torch.dtype | None):
+        name = config.preset
         preset = get_preset(name) if "/" not in name else None
-        if preset is not None and (preset.hub_name is None or random_init):
+        if preset is not None and (preset.hub_name is None or config.random_init):
             tokenizer = fuser_tokenizer()
             return T5ForConditionalGeneration._from_config(t5_config(preset, vocab_size=len(tokenizer)),
                                                            dtype=dtype), tokenizer
@@ -122,8 +126,9 @@ class GenFuser(Baseline):
     def _load_backbone(cls, path: Path, dtype: torch.dtype | None) -> nn.Module:
         return AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype)
 
-    def forward(self, batch: Batch) -> FuserOutput:
-        """CE of the reference given the true top-k (LLM-Blender trains the fuser the same way)."""
+    def forward(self, batch: Batch, gamma: float | None = None) -> FuserOutput:
+        """CE of the reference given the true top-k (LLM-Blender trains the fuser the same way);
+        `gamma` weighs a ranking loss GenFuser does not have."""
         logits = self.backbone(input_ids=batch.input_ids[:, 0], attention_mask=batch.attention_mask[:, 0],
                                labels=batch.labels, use_cache=False).logits
         ce = losses.ce_loss(logits, batch.labels)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import DebertaV2Config, PreTrainedTokenizerBase
 
 from urg_ray.presets import tiny_tokenizer
@@ -53,9 +53,20 @@ class BaselineConfig(BaseModel):
     train_pairs: int = Field(5, ge=1)  # PairRanker: pairs sampled per example ("5 pairs suffice", §3.3)
     # Rankers: encoder sequences per call, sorted by length so each call pads only to its own
     # longest; caps memory. 32 was fastest on this CPU (32-256 measured); GPUs take more.
-    sequences_per_call: int = Field(32, ge=1)
+    # None: all at once. The same knob as ModelConfig.encode_batch_size.
+    encode_batch_size: int | None = Field(32, ge=1)
     bubble_seed: int = 0  # PairRanker bubble: the shuffle is seeded, so ranking is deterministic
     simcls_gold_margin: bool = True  # SimCLS: the reference must score above every candidate
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data):
+        """Folders saved before the rename hold `sequences_per_call`."""
+        if isinstance(data, dict) and "sequences_per_call" in data:
+            data = {k: v for k, v in data.items() if k != "sequences_per_call"} | {
+                "encode_batch_size": data["sequences_per_call"]}
+        return data
 
 
 @dataclass(frozen=True)

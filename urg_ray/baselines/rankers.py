@@ -11,7 +11,7 @@
   ranking loss with margin (rank gap)/N plus a gold term (Liu and Liu 2021).
 
 Every ranker sends its sequences (pairs, or candidates) through the encoder sorted by length,
-`sequences_per_call` at a time, each call padded to its own longest: a loop over chunks, never
+`encode_batch_size` at a time, each call padded to its own longest: a loop over chunks, never
 over pairs or candidates (URG's encode: see docs/results/benchmark.md).
 """
 
@@ -42,6 +42,9 @@ def _score_head(in_features: int, hidden: int, dropout: float = 0.1) -> nn.Seque
 class CrossEncoderRanker(Baseline):
     """An encoder-only ranker. Subclasses give `rank_scores(batch)`: (B, N), -inf at padding."""
 
+    can_rank = True
+    checkpoint_metric = "dev_top1_quality"
+
     def __init__(self, backbone: nn.Module, tokenizer, config: BaselineConfig):
         super().__init__(backbone, tokenizer, config)
         self.collator = RankerCollator(tokenizer, config.source_max_length, config.candidate_max_length,
@@ -51,9 +54,10 @@ class CrossEncoderRanker(Baseline):
         self.candidate1_id, self.candidate2_id = ids(CANDIDATE1_TOKEN), ids(CANDIDATE2_TOKEN)
 
     @classmethod
-    def _build_backbone(cls, name: str, random_init: bool, dtype: torch.dtype | None):
+    def _build_backbone(cls, config: BaselineConfig, dtype: torch.dtype | None):
+        name = config.preset
         preset = get_ranker_preset(name) if "/" not in name else None
-        if preset is not None and (preset.hub_name is None or random_init):
+        if preset is not None and (preset.hub_name is None or config.random_init):
             tokenizer = ranker_tokenizer()
             return DebertaV2Model(deberta_config(preset, len(tokenizer))), tokenizer
         hub = preset.hub_name if preset else name
@@ -76,12 +80,12 @@ class CrossEncoderRanker(Baseline):
         return self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state, starts
 
     def in_chunks(self, lengths: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """`score(index)` -> (len(index), ...) over rows sorted by `lengths`, `sequences_per_call`
-        rows per call; the results come back in row order. lengths: (R,)."""
+        """`score(index)` -> (len(index), ...) over rows sorted by `lengths`, `encode_batch_size`
+        rows per call (None: all at once); the results come back in row order. lengths: (R,)."""
         if len(lengths) == 0:  # e.g. no pairs: every question has one candidate
             return torch.empty(0, device=lengths.device)
         out = None
-        for chunk in lengths.argsort().split(self.config.sequences_per_call):
+        for chunk in lengths.argsort().split(self.config.encode_batch_size or len(lengths)):
             part = score(chunk)
             if out is None:
                 out = part.new_empty((len(lengths), *part.shape[1:]))
@@ -179,7 +183,7 @@ class PairRanker(CrossEncoderRanker):
         order = bubble_pass(compare, batch.candidate_mask.sum(1).tolist(), generator)
         return bubble_scores(order).to(self.device)
 
-    def forward(self, batch: RankerBatch) -> RankerOutput:
+    def forward(self, batch: RankerBatch, gamma: float | None = None) -> RankerOutput:
         """BCE on `train_pairs` random ordered pairs per question (LLM-Blender §3.2-3.3):
         left label r_i > r_j, right label r_j > r_i (a tie labels both 0)."""
         b = batch.candidate_mask.size(0)
@@ -221,7 +225,7 @@ class SummaReranker(CrossEncoderRanker):
         scores[rows, index] = logits
         return scores
 
-    def forward(self, batch: RankerBatch) -> RankerOutput:
+    def forward(self, batch: RankerBatch, gamma: float | None = None) -> RankerOutput:
         """BCE of every real candidate against "is (one of) the best" (SummaReranker)."""
         real = batch.candidate_mask
         logits = self.rank_scores(batch)
@@ -258,7 +262,7 @@ class SimCLS(CrossEncoderRanker):
         """s_i = cos(H(x), H(y_i)): (B, N), -inf at padded slots."""
         return self._scores(batch)[0]
 
-    def forward(self, batch: RankerBatch) -> RankerOutput:
+    def forward(self, batch: RankerBatch, gamma: float | None = None) -> RankerOutput:
         """SimCLS' loss as LLM-Blender writes it (simcls_loss): with candidates sorted by quality,
         sum over pairs p < q of max(0, s_q - s_p + (q - p) / N), averaged over questions; plus
         max(0, s_i - s_ref) for the reference encoded as a candidate (labels, [SEP]-terminated)."""
