@@ -8,6 +8,8 @@ weights and the tiny tokenizer, for speed benchmarks on machines without the wei
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -57,6 +59,23 @@ def get_preset(name: str) -> Preset:
         known = ", ".join(f"{k} ({p.description})" for k, p in PRESETS.items())
         raise ValueError(f"unknown preset {name!r} and no such folder; presets: {known}")
     return PRESETS[name]
+
+
+def resolve_urg_source(model: str | os.PathLike, fallback_preset: str | None = "tiny") -> str:
+    """`model` when it is a `save_pretrained` folder or a preset name, else `fallback_preset`.
+
+    With no fallback a missing folder is an error: on a cluster a typo in a checkpoint path must
+    not quietly serve random weights.
+    """
+    model = str(model)
+    if Path(model).is_dir() or model in PRESETS:
+        return model
+    if fallback_preset is None:
+        raise FileNotFoundError(f"URG checkpoint {model!r} is neither a folder nor a preset "
+                                f"({', '.join(sorted(PRESETS))}), and no fallback preset is set")
+    logging.getLogger(__name__).warning("URG checkpoint %r not found; serving the %r preset instead",
+                                        model, fallback_preset)
+    return fallback_preset
 
 
 def set_dropout(module, p: float) -> None:
