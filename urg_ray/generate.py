@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-
 from pydantic import ValidationError
 
 from urg_ray.data import (ERROR_FIELD, Candidate, DataError, Record, drop_failed, is_failed, iter_json,  # noqa: F401
