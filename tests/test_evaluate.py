@@ -22,9 +22,12 @@ def _records() -> list[Record]:
 
 
 def test_rank_correlation_against_hand_computed_values():
-    corr = rank_correlation([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]], [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
-    # first record reversed: pearson -1, spearman -1, footrule |1-3|+|2-2|+|3-1| = 4; second perfect: 1, 1, 0
-    assert corr == {"pearson": pytest.approx(0.0), "spearman": pytest.approx(0.0), "footrule": pytest.approx(2.0)}
+    corr = rank_correlation([[3.0, 1.0, 2.0], [1.0, 2.0, 10.0, 4.0]], [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]])
+    # record 1: deviations (1, -1, 0) vs (-1, 0, 1): pearson = spearman = -1/2; ranks 1 3 2 vs 3 2 1: footrule 4.
+    # record 2: pearson 8.5 / sqrt(48.75 * 5); spearman of ranks 1 2 4 3 vs 1 2 3 4: 4 / 5; ranks
+    # (best = 1) 4 3 1 2 vs 4 3 2 1: footrule 2. Each column is the mean of the two records.
+    assert corr == {"pearson": pytest.approx((-0.5 + 8.5 / (48.75 * 5) ** 0.5) / 2),
+                    "spearman": pytest.approx((-0.5 + 0.8) / 2), "footrule": pytest.approx(3.0)}
     ties = rank_correlation([[1.0, 1.0, 1.0]], [[1.0, 2.0, 3.0]])  # constant scores: no correlation
     assert ties["pearson"] != ties["pearson"]  # nan
 
