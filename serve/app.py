@@ -10,33 +10,42 @@ carries its `args` (AppArgs) and per-deployment options, never logic. Routes:
     POST /v1/chat/completions   the fused answer; `urg` lists each candidate's model, score, rank, selected
     POST /v1/rank_and_fuse      bring your own candidates (LLM-Blender's rank_and_fuse)
     GET  /v1/models             the ensemble's model id
-    GET  /healthz               200 when the ranker-fuser answers, else 503
+    GET  /healthz               200 once every candidate and the ranker answered a warm-up, else 503
+    GET  /openapi.json, /docs, /redoc   the schema, behind the same auth as the API
 
 Each candidate has a timeout; a failed or late one is dropped and listed in `urg.dropped`; with
 none left the answer is 503 naming every reason. A blank fused answer is replaced by the
-top-ranked candidate, and `urg.note` says so. Errors use the OpenAI error body.
+top-ranked candidate, and `urg.note` says so. Errors use the OpenAI error body. The ingress
+admits at most `limits.max_in_flight` requests per replica (running or waiting): beyond, 429
+with Retry-After before any candidate is called.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real `Request` type of the
 # routes Serve wraps.
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import models_json_schema
 from ray import serve
 from ray.serve import Application
 
 from serve import protocol
-from serve.candidates import CandidateArgs, build_candidate, call_candidate, short_reason
-from serve.errors import APIError, check_bearer, install_error_handlers, read_body
-from serve.ranker import URGRankerFuser
+from serve.candidates import (CandidateArgs, build_candidate, call_candidate, candidate_sampling, count_prompt_tokens,
+                              max_model_len, short_reason)
+from serve.errors import APIError, check_bearer, install_error_handlers, read_body, request_id
+from serve.metrics import EnsembleMetrics
+from serve.ranker import FusionFailed, URGRankerFuser
 
 log = logging.getLogger("ray.serve")
 
@@ -45,12 +54,13 @@ class URGArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "outputs/train/model"  # a save_pretrained folder (jobs/train.py writes this one) or a preset
-    fallback_preset: str | None = "tiny"  # served when `model` is missing; null makes that an error
+    fallback_preset: str | None = "tiny"  # served when `model` is missing (/healthz says untrained); null: an error
     dtype: str = Field("float32", pattern="^(float32|bfloat16|float16)$")
     max_batch_size: int = Field(8, ge=1)  # @serve.batch
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     num_threads: int | None = Field(None, ge=1)  # torch threads per replica (default: Ray's OMP_NUM_THREADS)
     max_new_tokens: int = Field(64, ge=1)  # of the fused answer, unless the request asks for fewer
+    question_max_chars: int = Field(2_000, ge=1)  # of a multi-turn chat's question; the oldest turns go first
     deployment: dict[str, Any] = Field(default_factory=dict)  # Serve options (replicas, autoscaling, num_cpus)
 
 
@@ -62,6 +72,7 @@ class LimitArgs(BaseModel):
     max_candidates: int = Field(16, ge=1)  # candidates per question
     max_text_chars: int = Field(16_000, ge=1)  # per message, question or candidate
     max_new_tokens: int = Field(512, ge=1)  # the most a request may ask for
+    max_in_flight: int = Field(64, ge=1)  # admitted requests per ingress replica, running or waiting; beyond: 429
 
 
 class AppArgs(BaseModel):
@@ -74,7 +85,10 @@ class AppArgs(BaseModel):
     urg: URGArgs = Field(default_factory=URGArgs)
     candidate_timeout_s: float = Field(30.0, gt=0)  # per candidate; a late one is dropped
     ranker_timeout_s: float = Field(120.0, gt=0)
-    auth_token_env: str | None = "URG_SERVE_API_KEY"  # when this variable is set in the replica, Bearer auth is on
+    # bearer: every replica must find its key in `auth_token_env`, or refuses to start; none: say so.
+    auth: Literal["bearer", "none"] = "bearer"
+    auth_token_env: str = "URG_SERVE_API_KEY"
+    warmup_retry_s: float = Field(2.0, gt=0)  # between warm-up attempts of a candidate that failed one
     limits: LimitArgs = Field(default_factory=LimitArgs)
     ingress: dict[str, Any] = Field(default_factory=dict)  # Serve options of the ingress deployment
 
@@ -86,8 +100,45 @@ class AppArgs(BaseModel):
         return self
 
 
-app = FastAPI(title="urg_ray ensemble", docs_url="/docs")
+class Health(BaseModel):
+    status: Literal["ready", "warming_up"]
+    model: str
+    ranker: Literal["trained", "untrained", "unknown"]  # untrained: preset weights, not a checkpoint
+    candidates: list[str]
+    waiting_for: list[str]  # what has not answered its warm-up yet
+
+
+# Every route answers errors in one body; the schema says so, and names the request bodies.
+ERRORS = {status: {"model": protocol.ErrorResponse, "description": why} for status, why in {
+    400: "invalid request (the field is in `param`)", 401: "missing or wrong bearer key",
+    404: "unknown model or route", 405: "method not allowed (see Allow)", 413: "body or text too large",
+    429: "too many requests in flight (see Retry-After)", 500: "internal error (details in the server log)",
+    503: "every candidate failed, or the ranker-fuser is unavailable"}.items()}
+BODY_MODELS = (protocol.ChatRequest, protocol.RankAndFuseRequest)
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """openapi_extra declaring `model` as the body: the routes read and bound the body themselves."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+app = FastAPI(title="urg_ray ensemble", version="1", docs_url=None, redoc_url=None, openapi_url=None)
 install_error_handlers(app)
+
+
+def _openapi() -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        _, defs = models_json_schema([(m, "validation") for m in BODY_MODELS],
+                                     ref_template="#/components/schemas/{model}")
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app.openapi = _openapi
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
@@ -98,70 +149,124 @@ class Ingress:
         self.specs = {c.name: c for c in self.args.candidates}
         self.candidates = candidates  # name -> DeploymentHandle (Serve substitutes the bound apps)
         self.ranker = ranker
-        self.token = os.environ.get(self.args.auth_token_env, "") if self.args.auth_token_env else ""
+        self.token = self._read_key()
+        self.in_flight = 0
+        self.waiting_for = {*self.specs, "ranker"}
+        self.trained: bool | None = None
+        self.context_lengths: dict[str, int | None] = {}  # candidate -> max_model_len, asked once
+        self.metrics = EnsembleMetrics()
+        with contextlib.suppress(RuntimeError):  # no running loop: constructed outside Serve (unit tests)
+            self._warmup_task = asyncio.get_running_loop().create_task(self._warm_up())
         log.info("ensemble %s over %s; auth %s", self.args.model_name, list(self.specs),
-                 f"on (${self.args.auth_token_env})" if self.token else "off")
+                 f"bearer (${self.args.auth_token_env})" if self.token else "none (auth: none in the app config)")
+
+    def _read_key(self) -> str | None:
+        if self.args.auth == "none":
+            return None
+        token = os.environ.get(self.args.auth_token_env, "")
+        if not token:
+            raise RuntimeError(
+                f"auth: bearer, but ${self.args.auth_token_env} is not set in this replica's environment: "
+                "set it (the cluster's environment or the deployment's runtime_env), or say `auth: none`")
+        return token
 
     # ---- routes --------------------------------------------------------------------------
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health, "description": "warming up"}})
     async def healthz(self) -> JSONResponse:
-        try:
-            info = await asyncio.wait_for(self.ranker.info.remote(), timeout=5)
-        except Exception as err:  # noqa: BLE001 - any failure means "not ready"
-            return APIError(503, f"ranker-fuser unavailable: {short_reason(err)}", code="ranker_unavailable").response()
-        return JSONResponse({"status": "ok", "model": self.args.model_name, "ranker": info,
-                             "candidates": list(self.specs)})
+        """Answered by the ingress alone (no ranker call, no admission slot)."""
+        ranker = {True: "trained", False: "untrained", None: "unknown"}[self.trained]
+        health = Health(status="warming_up" if self.waiting_for else "ready", model=self.args.model_name,
+                        ranker=ranker, candidates=list(self.specs), waiting_for=sorted(self.waiting_for))
+        return JSONResponse(health.model_dump(), status_code=503 if self.waiting_for else 200)
 
-    @app.get("/v1/models")
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> JSONResponse:
+        check_bearer(request, self.token)
+        return JSONResponse(request.app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        check_bearer(request, self.token)
+        return get_swagger_ui_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json", title=app.title)
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(self, request: Request) -> HTMLResponse:
+        check_bearer(request, self.token)
+        return get_redoc_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json", title=app.title)
+
+    @app.get("/v1/models", responses=ERRORS)
     async def models(self, request: Request) -> JSONResponse:
         check_bearer(request, self.token)
         card = {"id": self.args.model_name, "object": "model", "created": 0, "owned_by": "urg_ray",
                 "candidates": list(self.specs)}
         return JSONResponse({"object": "list", "data": [card]})
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=ERRORS, openapi_extra=_json_body(protocol.ChatRequest))
     async def chat_completions(self, request: Request):
         check_bearer(request, self.token)
+        async with self._admitted():
+            return await self._chat(request)
+
+    @app.post("/v1/rank_and_fuse", responses=ERRORS, openapi_extra=_json_body(protocol.RankAndFuseRequest))
+    async def rank_and_fuse(self, request: Request) -> JSONResponse:
+        check_bearer(request, self.token)
+        async with self._admitted():
+            return await self._rank_and_fuse(request)
+
+    # ---- the two POST routes -------------------------------------------------------------
+    async def _chat(self, request: Request) -> JSONResponse:
         body = await read_body(request, protocol.ChatRequest, self.args.limits.max_body_bytes)
         if body.model != self.args.model_name:
             raise APIError(404, f"model {body.model!r} does not exist; this server serves {self.args.model_name!r}",
                            param="model", code="model_not_found")
-        limits = self.args.limits
         for i, message in enumerate(body.messages):
             self._check_length(message.text, f"messages.{i}.content")
         answer_tokens = self._check_tokens(body.answer_tokens, "max_tokens") or self.args.urg.max_new_tokens
         candidate_tokens = self._check_tokens(body.candidate_max_tokens, "candidate_max_tokens")
         messages = [{"role": m.role, "content": m.text} for m in body.messages]
+        await self._check_context(messages, candidate_tokens)
+        sampling = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": body.stops or None,
+                    "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty}
 
-        answers = await asyncio.gather(*(self._ask(name, messages, candidate_tokens, body.temperature)
+        answers = await asyncio.gather(*(self._ask(name, messages, candidate_tokens, sampling)
                                          for name in self.specs))
-        ok = [(name, text, seconds) for name, text, seconds, failure in answers if failure is None]
-        dropped = [{"model": name, "reason": failure} for name, _, _, failure in answers if failure is not None]
+        ok = [a for a in answers if a["failure"] is None]
+        dropped = [{"model": a["model"], "reason": a["failure"]} for a in answers if a["failure"] is not None]
         if not ok:
             reasons = "; ".join(f"{d['model']}: {d['reason']}" for d in dropped)
             raise APIError(503, f"all {len(dropped)} candidates failed: {reasons}", code="all_candidates_failed")
-        texts = [text[: limits.max_text_chars] for _, text, _ in ok]
-        fused = await self._fuse(body.question(), texts, body.fuse_top_k, answer_tokens)
-        extension = {"candidates": protocol.candidate_table([n for n, _, _ in ok], texts, fused, [s for _, _, s in ok]),
-                     "dropped": dropped, "note": fused["note"]}
-        completion = protocol.chat_completion(self.args.model_name, fused["text"], extension)
+        texts = [a["text"][: self.args.limits.max_text_chars] for a in ok]
+        question = protocol.urg_question(body.messages, self.args.urg.question_max_chars)
+        fused = await self._fuse(question, texts, body.fuse_top_k, answer_tokens, body.stops)
+        self.metrics.fused(fused, [a["model"] for a in ok])
+        extra = [{"latency_s": round(a["latency_s"], 4), "usage": a["usage"]} for a in ok]
+        fusion_usage = protocol.usage(fused["prompt_tokens"], fused["completion_tokens"])
+        extension = {"candidates": protocol.candidate_table([a["model"] for a in ok], texts, fused, extra),
+                     "dropped": dropped, "note": fused["note"], "fusion_usage": fusion_usage}
+        counted = [a["usage"] for a in ok]  # what each candidate's engine counted, and URG's own tokenizer
+        usage = protocol.usage(fused["prompt_tokens"] + sum(u["prompt_tokens"] for u in counted),
+                               fused["completion_tokens"] + sum(u["completion_tokens"] for u in counted))
+        completion = protocol.chat_completion(self.args.model_name, fused["text"], extension, usage)
         if not body.stream:
             return JSONResponse(completion)
-        events = [f"data: {json.dumps(chunk)}\n\n" for chunk in protocol.chat_completion_chunks(completion)]
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = [protocol.chunk(completion, {"role": "assistant", "content": fused["text"]}),
+                  protocol.chunk(completion, {}, "stop", urg=extension)]
+        if include_usage:
+            chunks.append(protocol.chunk(completion, None, usage=usage))
+        events = [f"data: {json.dumps(c)}\n\n" for c in chunks]
         return StreamingResponse(iter([*events, "data: [DONE]\n\n"]), media_type="text/event-stream")
 
-    @app.post("/v1/rank_and_fuse")
-    async def rank_and_fuse(self, request: Request) -> JSONResponse:
-        check_bearer(request, self.token)
+    async def _rank_and_fuse(self, request: Request) -> JSONResponse:
         body = await read_body(request, protocol.RankAndFuseRequest, self.args.limits.max_body_bytes)
         limits = self.args.limits
         if len(body.inputs) > limits.max_inputs:
-            raise APIError(422, f"inputs: {len(body.inputs)} > the limit of {limits.max_inputs} per request",
+            raise APIError(400, f"inputs: {len(body.inputs)} > the limit of {limits.max_inputs} per request",
                            param="inputs", code="too_many_inputs")
         for i, (question, cands) in enumerate(zip(body.inputs, body.candidates)):
             self._check_length(question, f"inputs.{i}")
             if len(cands) > limits.max_candidates:
-                raise APIError(422, f"candidates.{i}: {len(cands)} > the limit of {limits.max_candidates}",
+                raise APIError(400, f"candidates.{i}: {len(cands)} > the limit of {limits.max_candidates}",
                                param=f"candidates.{i}", code="too_many_candidates")
             for j, cand in enumerate(cands):
                 self._check_length(cand if isinstance(cand, str) else cand.text, f"candidates.{i}.{j}")
@@ -174,6 +279,47 @@ class Ingress:
                    for f, cands in zip(fused, rows)]
         return JSONResponse({"object": "urg.rank_and_fuse", "model": self.args.model_name, "results": results})
 
+    # ---- admission, warm-up ---------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _admitted(self):
+        """One of `limits.max_in_flight` slots, or 429 before any work is done."""
+        if self.in_flight >= self.args.limits.max_in_flight:
+            self.metrics.rejected("in_flight_limit")
+            raise APIError(429, f"{self.in_flight} requests in flight, the limit of this replica; retry shortly",
+                           code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def _warm_up(self) -> None:
+        """Ask every candidate and the ranker once; /healthz is ready when all have answered."""
+        async def candidate(name: str) -> None:
+            while True:
+                answer = await self._ask(name, [{"role": "user", "content": "Hello"}], 1, {})
+                if answer["failure"] is None:
+                    with contextlib.suppress(Exception):  # asked again per request if this fails
+                        self.context_lengths[name] = await max_model_len(self.candidates[name], self.specs[name])
+                    break
+                log.warning("warm-up: candidate %s: %s; retrying", name, answer["failure"])
+                await asyncio.sleep(self.args.warmup_retry_s)
+            self.waiting_for.discard(name)
+
+        async def ranker() -> None:
+            while True:
+                try:
+                    self.trained = (await self.ranker.info.remote())["trained"]
+                    await self.ranker.rank_and_fuse.remote("Hello", ["Hi.", "Hello there."], None, 2)
+                    break
+                except Exception as err:  # noqa: BLE001 - retried until it answers
+                    log.warning("warm-up: ranker-fuser: %s; retrying", short_reason(err))
+                    await asyncio.sleep(self.args.warmup_retry_s)
+            self.waiting_for.discard("ranker")
+
+        await asyncio.gather(ranker(), *(candidate(name) for name in self.specs))
+        log.info("ensemble %s ready: every candidate and the ranker-fuser answered a warm-up", self.args.model_name)
+
     # ---- helpers -------------------------------------------------------------------------
     def _check_length(self, text: str, param: str) -> None:
         if len(text) > self.args.limits.max_text_chars:
@@ -182,44 +328,79 @@ class Ingress:
 
     def _check_tokens(self, tokens: int | None, param: str) -> int | None:
         if tokens is not None and tokens > self.args.limits.max_new_tokens:
-            raise APIError(422, f"{param}: {tokens} > the limit of {self.args.limits.max_new_tokens}",
+            raise APIError(400, f"{param}: {tokens} > the limit of {self.args.limits.max_new_tokens}",
                            param=param, code="invalid_value")
         return tokens
 
     async def _ask(self, name: str, messages: list[dict], max_tokens: int | None,
-                   temperature: float | None) -> tuple[str, str, float, str | None]:
-        """(name, text, seconds, failure): failure is None on success, else why it was dropped."""
+                   sampling: dict[str, Any]) -> dict[str, Any]:
+        """{model, text, latency_s, usage, failure}: failure is None on success, else why it was dropped."""
         spec = self.specs[name]
         timeout = spec.timeout_s or self.args.candidate_timeout_s
         start = time.perf_counter()
+        result = {"model": name, "text": "", "usage": None, "failure": None}
+        reason = None
         try:
-            text = await asyncio.wait_for(
-                call_candidate(spec, self.candidates[name], messages, max_tokens or spec.max_tokens,
-                               spec.temperature if temperature is None else temperature),
+            answer = await asyncio.wait_for(
+                call_candidate(self.candidates[name], spec, messages, candidate_sampling(spec, max_tokens, sampling)),
                 timeout=timeout)
         except asyncio.TimeoutError:
-            return name, "", time.perf_counter() - start, f"timed out after {timeout:g} s"
-        except Exception as err:  # noqa: BLE001 - a failing candidate is dropped, never fatal
-            log.warning("candidate %s failed: %s", name, short_reason(err))
-            return name, "", time.perf_counter() - start, f"failed: {short_reason(err)}"
-        if not text.strip():
-            return name, "", time.perf_counter() - start, "failed: empty answer"
-        return name, text, time.perf_counter() - start, None
+            result["failure"], reason = f"timed out after {timeout:g} s", "timeout"
+        else:
+            if answer.error:
+                log.warning("candidate %s failed: %s", name, answer.error)
+                result["failure"], reason = f"failed: {answer.error}", "error"
+            elif not answer.text.strip():
+                result["failure"], reason = "failed: empty answer", "empty"
+            else:
+                result["text"] = answer.text
+                result["usage"] = protocol.usage(answer.prompt_tokens, answer.completion_tokens)
+        result["latency_s"] = time.perf_counter() - start
+        self.metrics.candidate(name, result["latency_s"], reason)
+        return result
 
-    async def _fuse(self, question: str, texts: list[str], top_k: int | None, max_new_tokens: int) -> dict[str, Any]:
+    async def _check_context(self, messages: list[dict], max_tokens: int | None) -> None:
+        """400 context_length_exceeded when the prompt and the answer's tokens exceed a candidate's
+        max_model_len, counted with that candidate's tokenizer, before any candidate is called."""
+        async def check(name: str) -> None:
+            spec, handle = self.specs[name], self.candidates[name]
+            try:
+                if name not in self.context_lengths:
+                    self.context_lengths[name] = await max_model_len(handle, spec)
+                limit = self.context_lengths[name]
+                prompt = None if limit is None else await count_prompt_tokens(handle, spec, messages)
+            except Exception as err:  # noqa: BLE001 - an unreachable candidate is dropped by the call itself
+                log.warning("context check: candidate %s: %s", name, short_reason(err))
+                return
+            answer = max_tokens or spec.max_tokens
+            if prompt is not None and limit is not None and prompt + answer > limit:
+                raise APIError(400, f"messages: {prompt} prompt tokens + {answer} answer tokens exceed candidate "
+                               f"{name}'s context length of {limit} tokens; shorten the conversation",
+                               param="messages", code="context_length_exceeded")
+
+        await asyncio.gather(*(check(name) for name in self.specs))
+
+    async def _fuse(self, question: str, texts: list[str], top_k: int | None, max_new_tokens: int,
+                    stop: list[str] | None = None) -> dict[str, Any]:
         try:
-            return await asyncio.wait_for(self.ranker.rank_and_fuse.remote(question, texts, top_k, max_new_tokens),
-                                          timeout=self.args.ranker_timeout_s)
+            return await asyncio.wait_for(
+                self.ranker.rank_and_fuse.remote(question, texts, top_k, max_new_tokens, stop),
+                timeout=self.args.ranker_timeout_s)
         except asyncio.TimeoutError:
             raise APIError(503, f"ranker-fuser timed out after {self.args.ranker_timeout_s:g} s",
                            code="ranker_timeout") from None
+        except FusionFailed:
+            raise APIError(400, "the ranker-fuser could not process this input (its batch-mates were answered); "
+                           "the server log has the details", code="unprocessable_input") from None
         except Exception as err:  # noqa: BLE001
             from ray.serve.exceptions import BackPressureError
 
             if isinstance(err, BackPressureError):
+                self.metrics.rejected("ranker_queue_full")
                 raise APIError(429, "the ranker-fuser's queue is full; retry shortly", code="rate_limit_exceeded",
                                headers={"Retry-After": "1"}) from None
-            raise APIError(503, f"ranker-fuser unavailable: {short_reason(err)}", code="ranker_unavailable") from None
+            log.warning("ranker-fuser call failed: %s", short_reason(err))
+            raise APIError(503, "ranker-fuser unavailable", code="ranker_unavailable") from None
 
 
 def build_app(args: dict[str, Any] | AppArgs) -> Application:

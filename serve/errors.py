@@ -2,15 +2,17 @@
 
 Every error the app returns reads ``{"error": {"message", "type", "param", "code"}}`` with the
 matching status, so the official `openai` client raises its typed exceptions
-(`BadRequestError` 400, `AuthenticationError` 401, `NotFoundError` 404,
-`UnprocessableEntityError` 422, `RateLimitError` 429, `InternalServerError` 5xx) and `param`
-names the offending field (dotted: ``messages.0.content``).
+(`BadRequestError` 400, `AuthenticationError` 401, `NotFoundError` 404, `RateLimitError` 429,
+`InternalServerError` 5xx) and `param` names the offending field (dotted: ``messages.0.content``).
+A bad body is a 400, as OpenAI and vLLM answer it. Messages end with the request id (Serve's
+`x-request-id`, the client's own when it sent one); server-side details go to the log only.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -19,6 +21,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 Body = TypeVar("Body", bound=BaseModel)
+log = logging.getLogger("ray.serve")
+MAX_JSON_DEPTH = 32  # nesting of objects and lists in a body; the API's own bodies need 5
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
           405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
@@ -37,26 +41,38 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": _TYPES.get(self.status, "server_error"),
                           "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self, request_id: str | None = None) -> JSONResponse:
+        body = self.body()
+        if request_id:
+            body["error"]["message"] += f" (request id {request_id})"
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def request_id(request: Request) -> str:
+    """Serve's request id: the client's `x-request-id`, or the one Serve's proxy generated."""
+    return request.headers.get("x-request-id", "")[:128]
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Our APIError, unknown routes/methods and unexpected exceptions all answer in the OpenAI shape."""
 
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, err: APIError) -> JSONResponse:
-        return err.response()
+    async def _api_error(request: Request, err: APIError) -> JSONResponse:
+        if err.status >= 500:
+            log.warning("request %s: %s %s", request_id(request), err.status, err.message)
+        return err.response(request_id(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
         message = f"{request.method} {request.url.path}: {err.detail}"
-        return APIError(err.status_code, message, code=code).response()
+        return APIError(err.status_code, message, code=code, headers=err.headers).response(request_id(request))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, err: Exception) -> JSONResponse:
-        return APIError(500, f"internal error: {type(err).__name__}: {err}", code="internal_error").response()
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("request %s failed", request_id(request))  # the details stay in the server log
+        return APIError(500, "internal error; the server log has the details", code="internal_error").response(
+            request_id(request))
 
 
 def check_bearer(request: Request, token: str | None) -> None:
@@ -71,7 +87,7 @@ def check_bearer(request: Request, token: str | None) -> None:
 
 async def read_body(request: Request, schema: type[Body], max_bytes: int) -> Body:
     """The request body, at most `max_bytes` (else 413), parsed as JSON (else 400) and validated
-    against `schema` (else 422 naming the first bad field)."""
+    against `schema` (else 400 naming the bad field), its text valid Unicode and its nesting bounded."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise APIError(413, f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes",
@@ -86,14 +102,56 @@ async def read_body(request: Request, schema: type[Body], max_bytes: int) -> Bod
         data = json.loads(b"".join(chunks) or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise APIError(400, f"request body is not valid JSON: {err}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="nesting_too_deep") from None
     if not isinstance(data, dict):
         raise APIError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
+    check_json_text(data)
     try:
         return schema.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        message = f"{param}: {first['msg']}{more}" if param else f"{first['msg']}{more}"
-        code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
-        raise APIError(422, message, param=param, code=code) from None
+        raise validation_error(err) from None
+
+
+def check_json_text(data: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """400 naming the field when parsed JSON nests deeper than `max_depth`, or holds a string
+    (value or key) that is not valid Unicode text: a lone surrogate (``"\\ud800"``) is valid
+    JSON, but tokenizers and UTF-8 encoders fail on it, and in a batch that would fail others."""
+    stack: list[tuple[Any, tuple]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > max_depth:
+            raise APIError(400, f"request body nests deeper than {max_depth} levels", param=_dotted(path[:max_depth]),
+                           code="nesting_too_deep")
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                param = _dotted(path)
+                raise APIError(400, f"{param}: not valid Unicode text (a lone surrogate escape such as \\ud800)",
+                               param=param, code="invalid_unicode") from None
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, path))
+                stack.append((item, (*path, key)))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, i)) for i, item in enumerate(value))
+
+
+def validation_error(err: ValidationError) -> APIError:
+    """A pydantic error as a 400: the first bad field in `param`; unknown fields all named."""
+    errors = err.errors()
+    unknown = [_dotted(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
+    if len(unknown) == len(errors):
+        return APIError(400, f"unsupported parameter{'s' * (len(unknown) > 1)}: {', '.join(unknown)}",
+                        param=unknown[0], code="unsupported_parameter")
+    first = next(e for e in errors if e["type"] != "extra_forbidden")
+    param = _dotted(first["loc"]) or None
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    message = f"{param}: {first['msg']}{more}" if param else f"{first['msg']}{more}"
+    code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
+    return APIError(400, message, param=param, code=code)
+
+
+def _dotted(loc) -> str:
+    return ".".join(str(part) for part in loc)

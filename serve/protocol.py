@@ -1,9 +1,9 @@
 """Request bodies of the HTTP API (pydantic) and the JSON the app answers with.
 
-`/v1/chat/completions` takes the OpenAI chat body (fields it does not use, like `top_p` or
-`user`, are accepted and ignored) plus two extensions, `fuse_top_k` and `candidate_max_tokens`
-(the `openai` client sends them with `extra_body=`). `/v1/rank_and_fuse` takes LLM-Blender's
-shape: `inputs` (questions) and, per input, its `candidates`.
+`/v1/chat/completions` takes the OpenAI chat body. Every field is either honoured or refused:
+an unknown field, `n > 1` or `logprobs` is a 400 naming it, never silently ignored. Extensions:
+`fuse_top_k` and `candidate_max_tokens` (the `openai` client sends them with `extra_body=`).
+`/v1/rank_and_fuse` takes LLM-Blender's shape: `inputs` (questions) and, per input, its `candidates`.
 """
 
 from __future__ import annotations
@@ -12,49 +12,110 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ROLES = ("system", "developer", "user", "assistant")  # `tool`/`function` turns need tool calling: refused
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
+    name: str | None = None  # accepted as OpenAI does; URG's question does not use it
 
     @property
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False  # a last chunk with `usage` and no choices
+
+
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)  # of the fused answer (and of each candidate, capped)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer OpenAI name for max_tokens
-    temperature: float | None = Field(None, ge=0, le=2)  # candidates' sampling; fusion is greedy
-    n: int = Field(1, ge=1, le=1)  # one fused answer per request
+    # Candidates' sampling (forwarded to every candidate); fusion is greedy.
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    stop: str | list[str] | None = None  # forwarded to the candidates and applied to the fused text
+    n: int | None = None  # one fused answer per request
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    user: str | None = None  # an end-user id, as OpenAI takes it (logged, not used)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     fuse_top_k: int | None = Field(None, ge=1)  # extension: candidates fused (default: the URG config's k)
     candidate_max_tokens: int | None = Field(None, ge=1)  # extension: tokens per candidate answer
+
+    @field_validator("n")
+    @classmethod
+    def _one_answer(cls, n: int | None) -> int | None:
+        if n is not None and n != 1:
+            raise ValueError("only n=1 is supported (one fused answer per request)")
+        return n
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: Any) -> Any:
+        if value:
+            raise ValueError("logprobs are not supported: the fused answer comes from URG's greedy decoding")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop: up to 4 non-empty strings")
+        return stop
 
     @property
     def answer_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def question(self) -> str:
-        """x for URG: the last user turn, with earlier turns as context when there are any."""
-        if len(self.messages) == 1:
-            return self.messages[0].text
-        return "\n".join(f"{m.role}: {m.text}" for m in self.messages)
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+def urg_question(messages: list[ChatMessage], max_chars: int) -> str:
+    """x for URG: the last user turn first, then the earlier turns, newest kept.
+
+    URG's collator keeps a question's first tokens (source_max_length), so the last user turn
+    leads and what a long chat loses is its oldest turns (truncation from the left). A single
+    user message is passed as it is, the shape URG was trained on.
+    """
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=len(messages) - 1)
+    question = messages[last_user].text
+    earlier = [f"{m.role}: {m.text}" for i, m in enumerate(messages) if i != last_user]
+    kept: list[str] = []
+    budget = max_chars - len(question)
+    for line in reversed(earlier):  # newest first, until the budget is spent
+        budget -= len(line) + 1
+        if budget < 0:
+            break
+        kept.append(line)
+    if not kept:
+        return question
+    return question + "\n\nconversation so far:\n" + "\n".join(reversed(kept))
 
 
 class CandidateText(BaseModel):
@@ -85,40 +146,57 @@ class RankAndFuseRequest(BaseModel):
         return self
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every non-2xx answer: OpenAI's error body."""
+
+    error: ErrorDetail
+
+
+def apply_stop(text: str, stops: list[str]) -> str:
+    """`text` cut before the first occurrence of any stop string (OpenAI's rule)."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut]
+
+
 def candidate_table(models: list[str], texts: list[str], fused: dict[str, Any],
-                    latencies: list[float] | None = None) -> list[dict[str, Any]]:
-    """Per candidate, in input order: model, text, URG score, rank (1 = best) and whether its
-    encoder states conditioned the fused answer."""
+                    extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Per candidate, in input order: model, text, URG score, rank (1 = best), whether its
+    encoder states conditioned the fused answer, and `extra` fields (latency, usage)."""
     rank_of = {index: position + 1 for position, index in enumerate(fused["ranks"])}
     selected = set(fused["selected"])
-    rows = []
-    for i, (model, text) in enumerate(zip(models, texts)):
-        row = {"model": model, "text": text, "score": fused["scores"][i], "rank": rank_of[i], "selected": i in selected}
-        if latencies is not None:
-            row["latency_s"] = round(latencies[i], 4)
-        rows.append(row)
-    return rows
+    return [{"model": model, "text": text, "score": fused["scores"][i], "rank": rank_of[i], "selected": i in selected,
+             **(extra[i] if extra else {})}
+            for i, (model, text) in enumerate(zip(models, texts))]
 
 
-def chat_completion(model: str, text: str, extension: dict[str, Any]) -> dict[str, Any]:
+def chat_completion(model: str, text: str, extension: dict[str, Any], usage: dict[str, int] | None,
+                    finish_reason: str = "stop") -> dict[str, Any]:
     """An OpenAI `chat.completion` object; `urg` carries the candidates and the dropped ones."""
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason,
                      "logprobs": None}],
-        "usage": None,
+        "usage": usage,
         "urg": extension,
     }
 
 
-def chat_completion_chunks(completion: dict[str, Any]) -> list[dict[str, Any]]:
-    """The same completion as `chat.completion.chunk` events: the fused text arrives in one delta
-    (URG generates it in one call), then the finish chunk, which carries the `urg` extension."""
-    base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
-            "model": completion["model"]}
-    text = completion["choices"][0]["message"]["content"]
-    return [
-        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}]},
-        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "urg": completion["urg"]},
-    ]
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chunk(completion: dict[str, Any], delta: dict[str, Any] | None, finish_reason: str | None = None,
+          **extra: Any) -> dict[str, Any]:
+    """One `chat.completion.chunk` of `completion` (its id, created, model); no delta: no choices."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+    return {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
+            "model": completion["model"], "choices": choices, **extra}

