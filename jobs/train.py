@@ -22,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     args = job_parser(__doc__.splitlines()[0], default_out="outputs/train").parse_args(argv)
     try:  # everything that can be wrong with the inputs fails here, before Ray starts
         cfg = job_config(args)
+        from urg_ray.hub_data import local_path
         from urg_ray.train import fit, prepare_data
+
+        for split in ("train_file", "dev_file"):  # hf://... -> its cached copy, fetched once, here
+            setattr(cfg.data, split, str(local_path(getattr(cfg.data, split))))
 
         records = prepare_data(cfg, source=args.config or "<defaults>")
     except INPUT_ERRORS as err:

@@ -28,6 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from urg_ray.durable import atomic_write
+from urg_ray.hub_data import local_path
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,9 @@ def iter_json(path: str | os.PathLike, problems: list[str] | None = None) -> Ite
     U+0085 and the like raw). Memory stays bounded by the largest value, time linear in the file.
     Bad UTF-8, bad JSON, NaN/infinity and lone surrogates raise `DataError` naming ``file:line``
     (and the field); with `problems`, a bad JSONL line is reported there and skipped instead.
+    An ``hf://owner/name/split`` path reads the hub file's cached copy (`urg_ray.hub_data`).
     """
-    path = Path(path)
+    path = local_path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     with path.open("rb") as f:
@@ -243,7 +245,7 @@ class _JsonArrayReader:
 def iter_records(path: str | os.PathLike) -> Iterator[Record]:
     """Stream the records of a MixInstruct JSONL or JSON-array file, validating each one."""
     for line, value in iter_json(path):
-        yield _validate(value, f"{Path(path)}:{line}")
+        yield _validate(value, f"{path}:{line}")
 
 
 def read_records(path: str | os.PathLike) -> list[Record]:
