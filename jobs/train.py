@@ -4,7 +4,10 @@
     python jobs/train.py --config jobs/configs/flan-t5-xl.yaml --set data.train_file=/data/mix/train.jsonl
     RAY_AUTH_MODE=token ray job submit --working-dir . -- python jobs/train.py --config ...
 
-A re-run with the same train.name and train.storage_path resumes from its last checkpoint.
+A re-run with the same train.name and train.storage_path resumes from its last checkpoint. It
+is refused (exit 2, naming what changed) when the training data, the worker count or a config
+field that decides the data order or the optimisation changed; --set train.resume_mismatch_ok=true
+resumes anyway. Every training record is checked first: a bad one exits 2 naming file:line:field.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from urg_ray import URG
 from urg_ray.config import JobConfig, LossConfig
-from urg_ray.train import build_model, warmup_linear
+from urg_ray.train import best_checkpoint, build_model, load_engine_state, replace_folder, warmup_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +49,67 @@ def test_gamma_is_off_then_ramps_to_its_value():
     cfg = LossConfig(gamma=5.0, rank_start_step=10, rank_ramp_steps=4)
     assert [cfg.gamma_at(s) for s in (0, 9, 10, 11, 13, 100)] == [0.0, 0.0, 1.25, 2.5, 5.0, 5.0]
     assert LossConfig(rank_start_step=0, rank_ramp_steps=0).gamma_at(0) == 5.0  # the paper: on from the start
+
+
+def test_the_best_checkpoint_has_the_highest_metric_and_nan_never_wins():
+    results = [("a", {"dev_fused_bleu": 10.0}), ("b", {"dev_fused_bleu": math.nan}), ("c", {"dev_fused_bleu": 12.5}),
+               ("d", {"dev_top1_quality": 99.0}), ("e", {"dev_fused_bleu": 11.0})]
+    assert best_checkpoint(results, "dev_fused_bleu") == ("c", {"dev_fused_bleu": 12.5})
+    assert best_checkpoint([("b", {"m": math.nan}), ("x", {"m": 1.0})], "m")[0] == "x"  # NaN first still loses
+    assert best_checkpoint([("b", {"m": math.nan})], "m") is None
+
+
+def test_a_missing_deepspeed_state_is_an_error_not_a_warning(tmp_path):
+    class Engine:  # DeepSpeed's load_checkpoint on a folder without the tag: a warning and (None, None)
+        def load_checkpoint(self, folder, tag):
+            return None, None
+
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no DeepSpeed state under tag 'deepspeed'"):
+        load_engine_state(Engine(), tmp_path)
+
+
+def test_the_model_export_replaces_the_folder_whole_or_not_at_all(tmp_path, monkeypatch):
+    old, new, target = tmp_path / "old", tmp_path / "new", tmp_path / "out" / "model"
+    for folder, text in ((old, "old weights"), (new, "new weights")):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "w.bin").write_text(text)
+    (old / "stale.json").write_text("{}")
+    replace_folder(old, target)
+    replace_folder(new, target)
+    assert sorted(p.name for p in target.rglob("*")) == ["sub", "w.bin"]
+    assert (target / "sub" / "w.bin").read_text() == "new weights"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]  # nothing left beside it
+
+    def full_disk(src, dst, **kwargs):
+        Path(dst, "sub").mkdir(parents=True)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        replace_folder(old, target)
+    assert (target / "sub" / "w.bin").read_text() == "new weights"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]
+
+
+def test_a_resume_with_changed_training_data_exits_2_before_ray(tmp_path):
+    from urg_ray.config import load_config
+    from urg_ray.resume import STATE_FILE
+    from urg_ray.train import prepare_data, training_fingerprint
+
+    overrides = [f"train.storage_path={tmp_path}/runs", "train.name=r", f"data.train_file={tmp_path}/train.jsonl",
+                 f"data.dev_file={tmp_path}/dev.jsonl", "data.n_train=20", "data.n_dev=2"]
+    cfg = load_config(None, overrides)
+    checkpoint = tmp_path / "runs" / "r" / "checkpoint_000003"
+    checkpoint.mkdir(parents=True)  # as a run over the original file leaves it
+    (checkpoint / STATE_FILE).write_text(json.dumps({"step": 30, "fingerprint": training_fingerprint(cfg, prepare_data(cfg))}))
+    lines = (tmp_path / "train.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "train.jsonl").write_text("".join(lines[1:] + lines[:1]))  # the same records, another order
+    args = [x for o in overrides for x in ("--set", o)]
+    proc = run_job(*args, timeout=300)
+    assert proc.returncode == 2
+    assert f"{checkpoint}: this checkpoint was saved by a different run: data.train_file.sha256: " in proc.stderr
+    assert "data.train_file.size" not in proc.stderr  # only what changed is named
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
 
 
 def _latest_state(run_dir: Path) -> dict:
@@ -106,7 +168,18 @@ def test_deepspeed_training_checkpoints_reloads_and_resumes(tmp_path):
     for name, weight in trained.items():
         torch.testing.assert_close(exported[name], weight, rtol=0, atol=0, msg=name)
 
-    second = run_job(*common, "--set", "train.max_steps=30")
+    # one more record: the saved data offset no longer means the same records
+    train = tmp_path / "train.jsonl"
+    first_line = json.loads(train.read_text().split("\n", 1)[0])
+    with train.open("a") as f:
+        f.write(json.dumps(first_line | {"id": "one-more"}) + "\n")
+    refused = run_job(*common, "--set", "train.max_steps=30")
+    assert refused.returncode == 2
+    assert "this checkpoint was saved by a different run: data.train_file.sha256: " in refused.stderr
+    assert "data.train_file.size: " in refused.stderr and "train.resume_mismatch_ok=true" in refused.stderr
+    assert "Started a local Ray instance" not in refused.stdout + refused.stderr
+
+    second = run_job(*common, "--set", "train.max_steps=30", "--set", "train.resume_mismatch_ok=true")
     assert second.returncode == 0, second.stderr[-3000:]
     state = _latest_state(tmp_path / "runs" / "t")
     assert state["resumed_from"] == 20 and state["step"] == 30
@@ -118,54 +191,118 @@ def test_deepspeed_training_checkpoints_reloads_and_resumes(tmp_path):
     assert sum(losses[-2:]) / 2 < 0.9 * sum(losses[:2]) / 2  # first vs last windows of 10 steps
 
 
-def _loop_that_loses_a_worker(config):
-    """Worker 1 dies once (as a preempted node would), after the first checkpoint was reported
-    (a second one being on storage means the first was registered)."""
+KILL_AT = 7  # the step (0-based, as the loop passes it to training_batch) at which worker 1 dies once
+
+
+def _watched_loop(config):
+    """train_loop_per_worker, watched from inside each worker: the (step, record ids) of every batch
+    go to consumed.rank<r>.jsonl, the first batch of a resumed attempt dumps rank 0's weights before
+    it trains them, and in the run named "killed" worker 1 exits (once, as a preempted node would)
+    when the loop asks for step KILL_AT."""
     import os
-    import threading
-    import time
 
     import ray.train
+    from safetensors.torch import save_file
 
-    from urg_ray.train import train_loop_per_worker
+    import urg_ray.train as train
 
-    run_dir = Path(config["job"]["train"]["storage_path"]).resolve() / config["job"]["train"]["name"]
-    marker = run_dir.parent / "killed-once"
-    if ray.train.get_context().get_world_rank() == 1 and not marker.exists():
-        def kill_after_two_checkpoints():
-            while len(list(run_dir.glob("checkpoint_*/train_state.json"))) < 2:
-                time.sleep(0.1)
-            marker.touch()
+    t = config["job"]["train"]
+    watch = Path(t["storage_path"]).resolve().parent / t["name"]
+    watch.mkdir(exist_ok=True)
+    rank = ray.train.get_context().get_world_rank()
+    built, first_step = [], []
+    build_model, training_batch = train.build_model, train.training_batch
+
+    def keep_model(cfg):
+        built.append(build_model(cfg))
+        return built[-1]
+
+    def watched_batch(packed, step, *args):
+        if not first_step:
+            first_step.append(step)
+            if step > 0 and rank == 0:
+                weights = {k: v.detach().clone().contiguous() for k, v in built[0].state_dict().items()}
+                save_file(weights, watch / f"resumed_at_{step}.safetensors")
+        if t["name"] == "killed" and step == KILL_AT and rank == 1 and not (watch / "killed").exists():
+            (watch / "killed").touch()
             os._exit(1)
+        records = training_batch(packed, step, *args)
+        with open(watch / f"consumed.rank{rank}.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "ids": [r.id for r in records]}) + "\n")
+        return records
 
-        threading.Thread(target=kill_after_two_checkpoints, daemon=True).start()
-    train_loop_per_worker(config)
+    train.build_model, train.training_batch = keep_model, watched_batch
+    train.train_loop_per_worker(config)
+
+
+def _consumed(folder: Path) -> dict[tuple[int, int], list[list[str]]]:
+    """(step, rank) -> the record ids of each time that step ran on that rank."""
+    out: dict[tuple[int, int], list[list[str]]] = {}
+    for rank in (0, 1):
+        for line in (folder / f"consumed.rank{rank}.jsonl").read_text().splitlines():
+            entry = json.loads(line)
+            out.setdefault((entry["step"], rank), []).append(entry["ids"])
+    return out
 
 
 @pytest.mark.slow
-def test_a_lost_worker_restarts_the_group_from_the_last_checkpoint(tmp_path):
+def test_a_worker_killed_at_a_step_resumes_with_the_checkpoint_weights_and_the_same_records(tmp_path):
+    """Worker 1 dies at step 7 (checkpoints at 3 and 6): the group restarts from a checkpoint, its
+    weights before the first resumed step are exactly the checkpoint's, and every step trains on
+    the records an uninterrupted run trains on (10 steps of 2 x 8 over 96 records: two epochs)."""
     import ray
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from ray import cloudpickle  # Ray pickles with its own vendored copy
+    from safetensors.torch import load_file
 
     from urg_ray.config import load_config
     from urg_ray.train import build_trainer, prepare_data
 
-    cfg = load_config(None, [
-        f"train.storage_path={tmp_path}/runs", "train.name=f", f"data.train_file={tmp_path}/train.jsonl",
-        f"data.dev_file={tmp_path}/dev.jsonl", "data.n_train=320", "data.n_dev=4", "train.dev_fuse_records=0",
-        "train.checkpoint_every=5", "train.max_steps=15", "train.max_failures=1",
-    ])
-    records = prepare_data(cfg)
+    def config(name):
+        return load_config(None, [
+            f"train.storage_path={tmp_path}/runs", f"train.name={name}", f"data.train_file={tmp_path}/train.jsonl",
+            f"data.dev_file={tmp_path}/dev.jsonl", "data.n_train=96", "data.n_dev=4", "train.dev_fuse_records=0",
+            "train.checkpoint_every=3", "train.max_steps=10", "train.max_failures=1", "train.keep_checkpoints=4",
+            "train.warmup_steps=2",
+        ])
+
+    records = prepare_data(config("straight"))
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    ray.init(address="local", num_cpus=3, include_dashboard=False)  # before Ray Data would start one
+    ray.init(address="local", num_cpus=3, include_dashboard=False)
     try:
-        result = build_trainer(cfg, records, loop=_loop_that_loses_a_worker).fit()
+        for name in ("straight", "killed"):
+            result = build_trainer(config(name), records, loop=_watched_loop).fit()
+            assert result.error is None, name
     finally:
         ray.shutdown()
-    assert result.error is None
-    state = _latest_state(tmp_path / "runs" / "f")
-    assert (tmp_path / "runs" / "killed-once").exists()
-    assert state["step"] == 15 and state["resumed_from"] in (5, 10)
+    assert (tmp_path / "killed" / "killed").exists()
+    assert _latest_state(tmp_path / "runs" / "killed")["step"] == 10
+    assert not list((tmp_path / "straight").glob("resumed_at_*"))
+
+    # the records: each (step, rank) of the killed run, every time it ran, as in the straight run
+    straight, killed = _consumed(tmp_path / "straight"), _consumed(tmp_path / "killed")
+    assert sorted(straight) == [(step, rank) for step in range(10) for rank in (0, 1)]
+    assert all(len(runs) == 1 for runs in straight.values())
+    assert sorted(killed) == sorted(straight)
+    for key, runs in killed.items():
+        assert all(ids == straight[key][0] for ids in runs), key
+    all_ids = {i for step in range(6) for rank in (0, 1) for i in straight[step, rank][0]}
+    assert len(all_ids) == 96  # the first epoch takes every record once
+
+    # the weights: what the resumed attempt held before its first step = the checkpoint's
+    (resumed,) = (tmp_path / "killed").glob("resumed_at_*.safetensors")
+    step = int(resumed.stem.removeprefix("resumed_at_"))
+    assert step in (3, 6)
+    assert all(len(killed[s, 0]) == (2 if step <= s < KILL_AT else 1) for s in range(KILL_AT))  # ran again: lost steps only
+    (folder,) = [p.parent for p in (tmp_path / "runs" / "killed").glob("checkpoint_*/train_state.json")
+                 if json.loads(p.read_text())["step"] == step]
+    saved = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="deepspeed")
+    weights = load_file(resumed)
+    assert len(saved) > 0 and set(saved) <= set(weights)
+    for name, weight in saved.items():
+        torch.testing.assert_close(weights[name], weight, rtol=0, atol=0, msg=name)
+    fresh = build_model(config("killed")).state_dict()
+    assert any(not torch.equal(fresh[name], weight) for name, weight in saved.items())  # training moved them
 
 
 @pytest.mark.slow

@@ -100,6 +100,8 @@ class TrainConfig(_Strict):
     dev_max_records: int = Field(200, ge=1)  # ranked at each evaluation
     dev_fuse_records: int = Field(64, ge=0)  # of those, fused (greedy) for dev_fused_bleu
     resume_from: str | None = None  # a checkpoint folder; by default a re-run resumes its own
+    # resume although the checkpoint was saved with another config, data or world size (urg_ray/resume.py)
+    resume_mismatch_ok: bool = False
     seed: int = 0
 
 

@@ -1,8 +1,11 @@
 """Training on Ray Train with DeepSpeed ZeRO-2: the only module that touches either.
 
-Reads top to bottom: data preparation (on the driver, before Ray starts, so a bad file fails
-fast), the per-worker loop (set-up, resume, train, evaluate, checkpoint), the trainer factory,
-and `fit`, which runs it and exports the best checkpoint as a `URG.from_pretrained` folder.
+Reads top to bottom: data preparation (on the driver, before Ray starts, so a bad record or a
+resume from another run's checkpoint fails fast), the per-worker loop (set-up, resume, train,
+evaluate, checkpoint), the trainer factory, and `fit`, which runs it and exports the best
+checkpoint as a `URG.from_pretrained` folder. The records of each step are a function of the
+step (urg_ray/data_order.py), and a checkpoint carries what a resume must match and each
+worker's RNG state (urg_ray/resume.py), so a resumed run trains as the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -20,15 +22,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from urg_ray import metrics
+from urg_ray import resume
 from urg_ray.config import ConfigError, JobConfig
-from urg_ray.data import DataError, Record, drop_failed, quality, read_records, write_records
+from urg_ray.data import Record, write_records
+from urg_ray.data_order import batch_indices, steps_per_epoch
+from urg_ray.durable import fsync_dir
 from urg_ray.protocol import RankerFuser, mean, model_class
+from urg_ray.resume import STATE_FILE
+from urg_ray.train_input import file_score_key, read_training_file
 
 MODEL_DIR = "model"  # inside each checkpoint: the safetensors export
-STATE_FILE = "train_state.json"
 DS_TAG = "deepspeed"  # inside each checkpoint: DeepSpeed's own (trusted, self-written) state
 # Workers log through `logging`: Ray Train forwards it to the driver once (its patched print
 # tees to stdout as well when another library has wrapped it, printing each line twice).
@@ -37,7 +43,8 @@ log = logging.getLogger("urg_ray.train")
 
 # ---- data: validated on the driver ----------------------------------------------------------
 def prepare_data(cfg: JobConfig, source: str = "<defaults>") -> dict[str, list[Record]]:
-    """Read train and dev files (making the synthetic ones first when configured and missing)."""
+    """Read train and dev files (making the synthetic ones first when configured and missing),
+    every record checked, and refuse a resume from checkpoints another run saved."""
     try:  # a metric the model cannot report fails here, not after training
         checkpoint_metric(cfg)
     except ConfigError as err:
@@ -55,15 +62,29 @@ def prepare_data(cfg: JobConfig, source: str = "<defaults>") -> dict[str, list[R
     for split, path in files.items():
         if not Path(path).is_file():
             raise ConfigError(f"{source}: data.{split}_file: {path}: no such file")
-        records[split], failed = drop_failed(read_records(path))
-        if failed:
-            log.warning("%s: left out %d candidates whose generation failed", path, failed)
-        for r in records[split][:1]:
-            try:
-                quality(r, cfg.data.score_keys)
-            except DataError as err:
-                raise ConfigError(f"{source}: data.score_keys: {path}: {err}") from None
+        records[split], _ = read_training_file(path, d.score_keys)
+    resume.check_saved_checkpoints(cfg, training_fingerprint(cfg, records))
     return records
+
+
+def training_fingerprint(cfg: JobConfig, records: dict[str, list[Record]]) -> dict:
+    """What a resume of this run must match (urg_ray/resume.py)."""
+    return resume.fingerprint(cfg, file_score_key(records["train"], cfg.data.score_keys), cfg.train.num_workers)
+
+
+def pack_records(records: list[Record]) -> dict[str, np.ndarray]:
+    """Records as one UTF-8 byte array plus offsets: Ray's object store hands numpy arrays to
+    every worker on a node without a copy, and a worker decodes only the records it trains on."""
+    blobs = [r.model_dump_json().encode() for r in records]
+    return {"bytes": np.frombuffer(b"".join(blobs), dtype=np.uint8), "offsets": np.cumsum([0] + [len(b) for b in blobs])}
+
+
+def training_batch(packed: dict[str, np.ndarray], step: int, world: int, rank: int, batch_size: int,
+                   seed: int) -> list[Record]:
+    """The records worker `rank` trains on at global `step` (urg_ray/data_order.py)."""
+    offsets = packed["offsets"]
+    indices = batch_indices(step, len(offsets) - 1, world, rank, batch_size, seed)
+    return [Record.model_validate_json(packed["bytes"][offsets[i]:offsets[i + 1]].tobytes()) for i in indices]
 
 
 def build_model(cfg: JobConfig) -> RankerFuser:
@@ -123,6 +144,18 @@ def quiet_worker(rank: int, verbose: bool) -> None:
         hf_logging.disable_progress_bar()  # "Writing model shards" at every checkpoint
 
 
+def rng_state_file(rank: int) -> str:
+    return f"rng_state.rank{rank}.json"  # inside each checkpoint, one per worker
+
+
+def load_engine_state(engine, folder: str | os.PathLike) -> None:
+    """Weights, optimiser and scheduler from a checkpoint. DeepSpeed only warns and returns
+    (None, None) when the state is missing: a resume from fresh weights must not pass silently."""
+    loaded, _ = engine.load_checkpoint(str(folder), tag=DS_TAG)
+    if loaded is None:
+        raise FileNotFoundError(f"{folder}: no DeepSpeed state under tag {DS_TAG!r}: cannot resume from it")
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -140,11 +173,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # -- set-up
     model = build_model(cfg).train()
+    model.collator.score_keys = (config["score_keys"]["train"],)  # the file's one quality key
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    steps_per_epoch = config["n_train"] // world // t.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{config['n_train']} training records < one batch on each of {world} workers")
-    total = t.max_steps or math.ceil(t.epochs * steps_per_epoch)
+    train_data = ray.get(config["train"])
+    per_epoch = steps_per_epoch(len(train_data["offsets"]) - 1, world, t.batch_size)
+    if per_epoch == 0:
+        raise ValueError(f"{len(train_data['offsets']) - 1} training records < one batch on each of {world} workers")
+    total = t.max_steps or math.ceil(t.epochs * per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(t.warmup_steps, total))
     engine, *_ = deepspeed.initialize(model=model.to(ray.train.torch.get_device()), optimizer=optimizer,
                                       lr_scheduler=scheduler, config=deepspeed_config(cfg))
@@ -156,15 +191,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(t.resume_from) if t.resume_from else None)
     if checkpoint:
         with checkpoint.as_directory() as d:
-            engine.load_checkpoint(d, tag=DS_TAG)
             state = json.loads((Path(d) / STATE_FILE).read_text())
+            resume.check_resume(state.get("fingerprint"), config["fingerprint"], checkpoint.path, t.resume_mismatch_ok)
+            load_engine_state(engine, d)
+            rng_file = Path(d) / rng_state_file(rank)
+            if rng_file.is_file():  # absent only in a forced resume onto more workers
+                resume.set_rng_state(json.loads(rng_file.read_text()))
         step = state["resumed_from"] = state["step"]
         if rank == 0:
             log.info(f"[train] resumed from step {step} ({checkpoint.path})")
+    state["fingerprint"] = config["fingerprint"]  # after a forced resume, this run's
 
     def save(metrics_now: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             engine.save_checkpoint(d, tag=DS_TAG)  # collective: every rank writes its ZeRO shard
+            (Path(d) / rng_state_file(rank)).write_text(json.dumps(resume.rng_state()))
             if rank == 0:
                 model.save_pretrained(Path(d) / MODEL_DIR)
                 state.update(step=step, metrics=metrics_now)
@@ -172,7 +213,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics_now, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     def dev_metrics() -> dict:
-        out = [model.dev_metrics(dev, cfg.data.score_keys, fuse_records=t.dev_fuse_records) if rank == 0 else None]
+        out = [model.dev_metrics(dev, [config["score_keys"]["dev"]], fuse_records=t.dev_fuse_records) if rank == 0 else None]
         if world > 1:
             dist.broadcast_object_list(out, src=0)  # every rank reports the same numbers
         return out[0]
@@ -187,43 +228,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info(f"[train] step {step}/{total} ({100 * step / total:.0f}%, eta {eta / 60:.1f} min) epoch {epoch} | "
                  f"{shown} | lr {scheduler.get_last_lr()[0]:.2e} | {entry['samples_per_s']:.1f} samples/s")
 
-    # -- train
-    shard = ray.train.get_dataset_shard("train")
+    # -- train: the records of each step come from the step alone (urg_ray/data_order.py)
     window = dict.fromkeys(terms, 0.0) | {"n": 0, "samples": 0, "t0": time.perf_counter()}
     first_step, throughput, started = step, [], time.perf_counter()
     while step < total:
-        epoch, skip = divmod(step, steps_per_epoch)
-        batches = shard.iter_batches(batch_size=t.batch_size, drop_last=True, batch_format="numpy",
-                                     local_shuffle_buffer_size=4 * t.batch_size, local_shuffle_seed=t.seed + epoch)
-        for i, rows in enumerate(batches):
-            if i < skip:
-                continue  # resuming mid-epoch
-            if i >= steps_per_epoch or step >= total:
-                break
-            batch = model.collator([Record.model_validate_json(s) for s in rows["record"]]).to(engine.device)
-            out = engine(batch, gamma=cfg.loss.gamma_at(step))
-            engine.backward(out.loss)
-            engine.step()
-            step += 1
-            window["n"] += 1
-            window["samples"] += len(rows["record"]) * world
-            for term in terms:
-                window[term] += getattr(out, term).item()
-            if step % t.log_every == 0 or step == total:
-                rate = window["samples"] / (time.perf_counter() - window["t0"])
-                if step - first_step > t.log_every:  # the first window carries start-up costs
-                    throughput.append(rate)
-                entry = {"step": step, "samples_per_s": rate, **{term: window[term] / window["n"] for term in terms}}
-                state["history"].append(entry)
-                if rank == 0:
-                    log_step(entry, epoch)
-                window = dict.fromkeys(terms, 0.0) | {"n": 0, "samples": 0, "t0": time.perf_counter()}
-            if step % t.checkpoint_every == 0 or step == total:
-                found = {**dev_metrics(), "step": step, "samples_per_s": mean(throughput)}
-                if rank == 0:
-                    log.info(f"[eval] step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in found.items()
-                                                                 if k.startswith("dev_")))
-                save(found)
+        epoch = step // per_epoch
+        records = training_batch(train_data, step, world, rank, t.batch_size, t.seed)
+        batch = model.collator(records).to(engine.device)
+        out = engine(batch, gamma=cfg.loss.gamma_at(step))
+        engine.backward(out.loss)
+        engine.step()
+        step += 1
+        window["n"] += 1
+        window["samples"] += len(records) * world
+        for term in terms:
+            window[term] += getattr(out, term).item()
+        if step % t.log_every == 0 or step == total:
+            rate = window["samples"] / (time.perf_counter() - window["t0"])
+            if step - first_step > t.log_every:  # the first window carries start-up costs
+                throughput.append(rate)
+            entry = {"step": step, "samples_per_s": rate, **{term: window[term] / window["n"] for term in terms}}
+            state["history"].append(entry)
+            if rank == 0:
+                log_step(entry, epoch)
+            window = dict.fromkeys(terms, 0.0) | {"n": 0, "samples": 0, "t0": time.perf_counter()}
+        if step % t.checkpoint_every == 0 or step == total:
+            found = {**dev_metrics(), "step": step, "samples_per_s": mean(throughput)}
+            if rank == 0:
+                log.info(f"[eval] step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in found.items()
+                                                             if k.startswith("dev_")))
+            save(found)
 
 
 # ---- the trainer and the driver side --------------------------------------------------------
@@ -231,19 +265,16 @@ def build_trainer(cfg: JobConfig, records: dict[str, list[Record]], loop=None, v
     """A TorchTrainer running `loop` (default: train_loop_per_worker) on `records`. Unless
     `verbose`, workers log only rank 0's progress and warnings to the console."""
     import ray
-    import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t = cfg.train
-    train = [r.model_dump_json() for r in records["train"]]
-    random.Random(t.seed).shuffle(train)
-    dataset = ray.data.from_items([{"record": s} for s in train])
-    # the split's progress bars count rows fed to workers, not training progress: the step lines do
-    dataset.context.enable_progress_bars = verbose
+    score_keys = {split: file_score_key(records[split], cfg.data.score_keys) for split in ("train", "dev")}
     return TorchTrainer(
         loop or train_loop_per_worker,
-        train_loop_config={"job": cfg.model_dump(), "n_train": len(train), "verbose": verbose,
+        train_loop_config={"job": cfg.model_dump(), "verbose": verbose, "score_keys": score_keys,
+                           "train": ray.put(pack_records(records["train"])),
+                           "fingerprint": resume.fingerprint(cfg, score_keys["train"], t.num_workers),
                            "dev": [r.model_dump_json() for r in records["dev"]]},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
@@ -254,24 +285,52 @@ def build_trainer(cfg: JobConfig, records: dict[str, list[Record]], loop=None, v
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=checkpoint_metric(cfg),
                                                checkpoint_score_order="max"),
         ),
-        datasets={"train": dataset},
     )
 
 
+def best_checkpoint(results: list[tuple[Any, dict]], metric: str) -> tuple[Any, dict] | None:
+    """The (checkpoint, metrics) with the highest `metric`; NaN or missing values never win.
+    None when no checkpoint has a value."""
+    valid = [(c, m) for c, m in results if isinstance(m.get(metric), (int, float)) and not math.isnan(m[metric])]
+    return max(valid, key=lambda cm: cm[1][metric], default=None)
+
+
+def replace_folder(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy `source` to `target`, replacing it: copied beside it and fsynced, then renamed in.
+    A crash leaves the previous folder (at worst as ``.<name>.<pid>.old`` beside it), never a
+    half-copied one under `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    new, old = (target.with_name(f".{target.name}.{os.getpid()}.{suffix}") for suffix in ("new", "old"))
+    for leftover in (new, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        shutil.copytree(source, new)
+        for path in new.rglob("*"):
+            if path.is_file():
+                with path.open("rb") as f:
+                    os.fsync(f.fileno())
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def fit(cfg: JobConfig, records: dict[str, list[Record]], out_dir: str | os.PathLike, verbose: bool = False) -> dict:
-    """Train, then copy the best checkpoint's model to `out_dir/model`; returns the summary."""
+    """Train, then copy the best checkpoint's model to `out_dir/model` (replacing it whole);
+    returns the summary."""
     started = time.time()
     result = build_trainer(cfg, records, verbose=verbose).fit()
-    metric = checkpoint_metric(cfg)
-    scored = [(c, m) for c, m in result.best_checkpoints if not math.isnan(m.get(metric, math.nan))]
-    best, best_metrics = max(scored, key=lambda cm: cm[1][metric]) if scored else (
+    best, best_metrics = best_checkpoint(result.best_checkpoints, checkpoint_metric(cfg)) or (
         result.checkpoint, result.metrics)
     out = Path(out_dir)
     target = out / MODEL_DIR
-    if target.exists():
-        shutil.rmtree(target)
     with best.as_directory() as d:
-        shutil.copytree(Path(d) / MODEL_DIR, target)
+        replace_folder(Path(d) / MODEL_DIR, target)
     summary = {"model_dir": str(target), "best_checkpoint": best.path, "best_metrics": best_metrics,
                "final_metrics": result.metrics, "num_workers": cfg.train.num_workers, "use_gpu": cfg.train.use_gpu,
                "dtype": "bfloat16" if cfg.train.bf16 else "float32", "batch_size_per_worker": cfg.train.batch_size,
