@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from urg_ray.data import Record, write_records
-from urg_ray.evaluation import Evaluator, delta_percent, rank_correlation
+from urg_ray.evaluation import Evaluator, delta_percent, gpt_rank, rank_correlation
+from urg_ray.evaluation_report import write_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = "the cat sat on the red mat"
@@ -94,7 +95,7 @@ def test_evaluate_job_writes_every_row_and_column(tmp_path):
     names = [r["name"] for r in data["rows"]]
     metric_names = ["bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore"]
     expected = ["m0", "m1", "m2", "Random", *(f"Oracle ({m})" for m in metric_names), "URG-rank", "URG", "PairRanker",
-                "PairRanker + GenFuser"]
+                "PairRanker-Gen"]
     assert names == expected
     assert all(set(r["scores"]) == set(metric_names) for r in data["rows"])
     assert set(data["rows"][names.index("URG-rank")]["correlation"]) == {"pearson", "spearman", "footrule"}
@@ -105,3 +106,65 @@ def test_evaluate_job_writes_every_row_and_column(tmp_path):
     assert (out / "eval.png").stat().st_size > 0 and (out / "robustness.png").stat().st_size > 0
     bad = subprocess.run([sys.executable, "jobs/evaluate.py", "--urg", "URG"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "expected NAME=FOLDER" in bad.stderr
+
+
+CMP = [{"m0,m1": "A is better", "m0,m2": "A is better", "m1,m2": "Same good"},  # wins 2 0 0: ranks 1 2 2
+       {"m0,m1": "B is better", "m0,m2": "Same bad", "m1,m2": "A is better"},  # wins 0 2 0: ranks 2 1 2
+       {"m0,m1": "B is better", "m0,m2": "B is better", "m1,m2": "B is better"}]  # wins 0 1 2: ranks 3 2 1
+
+
+def _judged_records() -> list[Record]:
+    return [r.model_copy(update={"cmp_results": json.dumps(c)}) for r, c in zip(_records(), CMP)]
+
+
+def test_gpt_rank_counts_wins_and_ties_share_the_best_place():
+    assert [gpt_rank(r) for r in _judged_records()] == [[1.0, 2.0, 2.0], [2.0, 1.0, 2.0], [3.0, 2.0, 1.0]]
+    assert gpt_rank(_records()[0]) is None  # cmp_results "null"
+    bad = _records()[0].model_copy(update={"cmp_results": json.dumps({"m0,m9": "A is better"})})
+    with pytest.raises(ValueError, match="'m0,m9' names a model with no candidate"):
+        gpt_rank(bad)
+
+
+def _bart_loglik(source: str, target: str) -> float:
+    """BARTScore by hand: HF's own mean token cross-entropy of the reference given the text, negated."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from urg_ray.tiny_llms import resolve_model_source
+
+    path = resolve_model_source("tiny-bart")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+
+    def ids(text):
+        x = tok(text)["input_ids"]
+        return x if x[-1] == tok.eos_token_id else x + [tok.eos_token_id]
+    with torch.no_grad():
+        return -model(input_ids=torch.tensor([ids(source)]), labels=torch.tensor([ids(target)])).loss.item()
+
+
+def test_paper_columns_gpt_rank_bartscore_and_gen_rows_by_hand():
+    ev = Evaluator(_judged_records(), score_keys=["bleu"], metric_names=("bleu", "bartscore"), batch_size=2)
+    assert ev.metric_names == ("bleu", "bartscore", "gpt_rank")
+    ev.add_reference_rows()
+    ev.add_selection("first", [0, 0, 0])
+    ev.add_fusion("Ranker-Gen", [REF, "dogs bark loudly at night", "the cat sat on a mat"])
+    rows = {r.name: r.scores for r in ev.rows}
+    # GPT-Rank of a row: the mean rank of its picks; m0's candidate ranks 1, 2, 3
+    assert rows["m0"]["gpt_rank"] == pytest.approx(2.0) and rows["first"]["gpt_rank"] == pytest.approx(2.0)
+    assert rows["m2"]["gpt_rank"] == pytest.approx(5 / 3)
+    assert rows["Oracle (gpt_rank)"]["gpt_rank"] == pytest.approx(1.0)  # lower is better: the oracle takes the min
+    assert rows["Random"]["gpt_rank"] == pytest.approx((5 / 3 + 5 / 3 + 2) / 3)
+    assert rows["Ranker-Gen"]["gpt_rank"] != rows["Ranker-Gen"]["gpt_rank"]  # a fused text was never judged: NaN
+    texts = [c.text for c in _records()[0].candidates]
+    assert rows["m1"]["bartscore"] == pytest.approx(_bart_loglik(texts[1], REF), abs=1e-4)
+    fused = [_bart_loglik(t, REF) for t in (REF, "dogs bark loudly at night", "the cat sat on a mat")]
+    assert rows["Ranker-Gen"]["bartscore"] == pytest.approx(sum(fused) / 3, abs=1e-4)
+    assert rows["Oracle (bartscore)"]["bartscore"] == pytest.approx(max(_bart_loglik(t, REF) for t in texts), abs=1e-4)
+    markdown = write_markdown(ev.to_json())
+    assert "| BARTScore | GPT-Rank ↓ |" in markdown
+    gen = rows["Ranker-Gen"]
+    assert markdown.splitlines()[-1].startswith(f"| Fusion | Ranker-Gen | {gen['bleu']:.2f} | {gen['bartscore']:.4f} | – |")
+
+
+def test_without_cmp_results_there_is_no_gpt_rank_column():
+    assert Evaluator(_records(), score_keys=["bleu"], metric_names=("bleu",)).metric_names == ("bleu",)

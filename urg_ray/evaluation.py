@@ -5,6 +5,12 @@ each candidate model; random selection (its expectation: the mean over a record'
 oracle selection by each metric; a ranker's top-1 pick (with its rank correlation to the ground
 truth); a fuser's output. The robustness study (URG Table 5) fuses the true top-2 candidates,
 then the top-2 plus the worst one and plus the worst two, and reports the change in percent.
+
+Paper-scale columns: ``bartscore`` (any seq2seq model, `facebook/bart-large-cnn` as in the papers;
+the tiny BART by default, `urg_ray.scoring`), ``bertscore`` with a chosen model, and GPT-Rank
+(LLM-Blender Table 2) on selection rows when every record carries `cmp_results`: ChatGPT's pairwise
+verdicts ranked by number of wins (MaxWins), 1 = best; a row's GPT-Rank is the mean rank of the
+candidates it picks. A fused text was never judged, so fusion rows have none (NaN).
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from urg_ray import metrics
-from urg_ray.data import Record, quality
+from urg_ray.data import DataError, Record, quality
 
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore")
+PAPER_METRICS = ("bertscore", "bartscore", "bleu", "rougeL")  # with GPT-Rank: the columns of the papers' tables
+GPT_RANK = "gpt_rank"
 Fuse = Callable[[list[str], list[list[str]]], list[str]]  # (questions, candidate lists) -> texts
 
 
@@ -40,10 +48,14 @@ class Evaluator:
     """Scores every candidate of `records` once; rows are then cheap to add."""
 
     def __init__(self, records: Sequence[Record], score_keys: Sequence[str] = ("bartscore", "bleu"),
-                 metric_names: Sequence[str] = METRICS, batch_size: int = 32):
+                 metric_names: Sequence[str] = METRICS, batch_size: int = 32,
+                 bertscore_model: str | None = None, bartscore_model: str = "tiny-bart"):
         self.records = list(records)
-        self.metric_names = tuple(metric_names)
         self.batch_size = batch_size
+        self.bertscore_model, self.bartscore_model = bertscore_model, bartscore_model
+        self.gpt_ranks = [gpt_rank(r) for r in self.records]  # [record][i], or None without cmp_results
+        with_gpt_rank = all(ranks is not None for ranks in self.gpt_ranks) and bool(self.records)
+        self.metric_names = tuple(metric_names) + ((GPT_RANK,) if with_gpt_rank else ())
         self.truth = [quality(r, score_keys)[1] for r in self.records]
         self.questions = [r.question for r in self.records]
         self.candidates = [[c.text for c in r.candidates] for r in self.records]
@@ -51,11 +63,30 @@ class Evaluator:
                            [r.output for r, cands in zip(self.records, self.candidates) for _ in cands])
         it = iter(flat)
         self.candidate_scores = [[next(it) for _ in cands] for cands in self.candidates]  # [record][i] -> metrics
+        if with_gpt_rank:
+            for scores, ranks in zip(self.candidate_scores, self.gpt_ranks):
+                for s, rank in zip(scores, ranks):
+                    s[GPT_RANK] = rank
         self.rows: list[Row] = []
         self.robustness: dict[str, dict[str, dict[str, float]]] = {}
 
     def _score(self, hyps: list[str], refs: list[str]) -> list[dict[str, float]]:
-        return metrics.reference_scores(hyps, refs, metrics=self.metric_names)
+        """Each text's metrics against its reference; GPT-Rank (selection only) is NaN here."""
+        plain = [m for m in self.metric_names if m in metrics.KNOWN_METRICS and m != "bertscore"]
+        rows = metrics.reference_scores(hyps, refs, metrics=plain)
+        columns = {}
+        if "bertscore" in self.metric_names:
+            columns["bertscore"] = metrics.bertscore(hyps, refs, model_type=self.bertscore_model,
+                                                     batch_size=self.batch_size)
+        if "bartscore" in self.metric_names:
+            from urg_ray.scoring import bartscore
+
+            columns["bartscore"] = bartscore(hyps, refs, self.bartscore_model, batch_size=self.batch_size)
+        for i, row in enumerate(rows):
+            row.update({m: float(values[i]) for m, values in columns.items()})
+            if GPT_RANK in self.metric_names:
+                row[GPT_RANK] = float("nan")
+        return rows
 
     # ---- rows -------------------------------------------------------------------------------
     def add_reference_rows(self) -> None:
@@ -68,7 +99,8 @@ class Evaluator:
         per_record = [_mean_rows(s, self.metric_names) for s in self.candidate_scores]
         self.rows.append(Row("Random", "random", _mean_rows(per_record, self.metric_names)))
         for metric in self.metric_names:
-            picks = [int(np.argmax([c[metric] for c in s])) for s in self.candidate_scores]
+            best = np.argmin if metric == GPT_RANK else np.argmax  # GPT-Rank: lower is better
+            picks = [int(best([c[metric] for c in s])) for s in self.candidate_scores]
             self.add_selection(f"Oracle ({metric})", picks, kind="oracle")
 
     def add_selection(self, name: str, picks: Sequence[int], kind: str = "rank",
@@ -151,6 +183,29 @@ def rank_correlation(scores: Sequence[Sequence[float]], truth: Sequence[Sequence
         return float(np.mean(kept)) if kept else float("nan")
 
     return {"pearson": mean(pearson), "spearman": mean(spearman), "footrule": mean(footrule)}
+
+
+def gpt_rank(record: Record) -> list[float] | None:
+    """Each candidate's GPT-Rank from `cmp_results` (LLM-Blender §5.1): its place when candidates are
+    ordered by wins over the others ("A is better" is a win for the first model of the ``"A,B"`` key,
+    "B is better" for the second; "Same good" / "Same bad" for neither). Tied candidates share the best
+    place (1 + the number with more wins). None when the record has no comparisons."""
+    cmp = json.loads(record.cmp_results)
+    if not cmp:
+        return None
+    index = {c.model: i for i, c in enumerate(record.candidates)}
+    wins = [0] * len(record.candidates)
+    for pair, verdict in cmp.items():
+        a, _, b = pair.partition(",")
+        if a not in index or b not in index:
+            raise DataError(f"record {record.id!r}: field 'cmp_results': {pair!r} names a model with no candidate")
+        if verdict == "A is better":
+            wins[index[a]] += 1
+        elif verdict == "B is better":
+            wins[index[b]] += 1
+        elif verdict not in ("Same good", "Same bad"):
+            raise DataError(f"record {record.id!r}: field 'cmp_results.{pair}': unknown verdict {verdict!r}")
+    return [1.0 + sum(other > w for other in wins) for w in wins]
 
 
 def delta_percent(base: float, noisy: float) -> float:

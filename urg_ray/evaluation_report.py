@@ -5,20 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 LABELS = {"bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum",
-          "bertscore": "BERTScore"}
+          "bertscore": "BERTScore", "bartscore": "BARTScore", "gpt_rank": "GPT-Rank ↓"}
 KIND_TITLES = {"model": "Candidate models", "random": "Selection", "oracle": "Selection", "rank": "Selection",
                "fusion": "Fusion"}
 
 
 def _fmt(metric: str, value: float) -> str:
-    return f"{value:.2f}" if metric == "bleu" else f"{value:.4f}"
+    if value != value:  # NaN: not measured for this row (GPT-Rank of a fused text)
+        return "–"
+    return f"{value:.2f}" if metric in ("bleu", "gpt_rank") else f"{value:.4f}"
 
 
 def write_markdown(data: dict) -> str:
     metric_names = data["metrics"]
     head = "| | Row | " + " | ".join(LABELS.get(m, m) for m in metric_names) + " | Pearson | Spearman | Footrule ↓ |"
     lines = [f"# Evaluation on {data['n_records']} test records", "",
-             "BLEU is sacrebleu sentence BLEU (0-100); ROUGE F1 and BERTScore F1 (0-1). Selection rows pick one "
+             "BLEU is sacrebleu sentence BLEU (0-100); ROUGE F1 and BERTScore F1 (0-1); BARTScore a mean "
+             "log-likelihood; GPT-Rank the mean ChatGPT rank (cmp_results) of the picked candidate. Selection rows pick one "
              "candidate per record; Random is its expectation; Oracle (m) picks the best candidate by m. "
              "Correlations are of a ranker's scores with the ground-truth quality, per record, averaged.", "",
              head, "|" + "---|" * (len(metric_names) + 5)]
