@@ -9,6 +9,8 @@ carries its `args` (AppArgs) and per-deployment options, never logic. Routes:
 
     POST /v1/chat/completions   the fused answer; `urg` lists each candidate's model, score, rank, selected
     POST /v1/rank_and_fuse      bring your own candidates (LLM-Blender's rank_and_fuse)
+    POST /v1/rerank, /v2/rerank rank documents for a query, as vLLM and Cohere serve it (URG.rank, no fusion)
+    POST /v1/score              vLLM's score API: text_1 against each text_2 (URG.rank, no fusion)
     GET  /v1/models             the ensemble's model id
     GET  /healthz               200 once every candidate and the ranker answered a warm-up, else 503
     GET  /openapi.json, /docs, /redoc   the schema, behind the same auth as the API
@@ -114,7 +116,7 @@ ERRORS = {status: {"model": protocol.ErrorResponse, "description": why} for stat
     404: "unknown model or route", 405: "method not allowed (see Allow)", 413: "body or text too large",
     429: "too many requests in flight (see Retry-After)", 500: "internal error (details in the server log)",
     503: "every candidate failed, or the ranker-fuser is unavailable"}.items()}
-BODY_MODELS = (protocol.ChatRequest, protocol.RankAndFuseRequest)
+BODY_MODELS = (protocol.ChatRequest, protocol.RankAndFuseRequest, protocol.RerankRequest, protocol.ScoreRequest)
 
 
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -212,6 +214,28 @@ class Ingress:
         check_bearer(request, self.token)
         async with self._admitted():
             return await self._rank_and_fuse(request)
+
+    @app.post("/v1/rerank", responses=ERRORS, openapi_extra=_json_body(protocol.RerankRequest))
+    @app.post("/v2/rerank", responses=ERRORS, openapi_extra=_json_body(protocol.RerankRequest))
+    async def rerank(self, request: Request) -> JSONResponse:
+        check_bearer(request, self.token)
+        async with self._admitted():
+            body = await read_body(request, protocol.RerankRequest, self.args.limits.max_body_bytes)
+            self._check_ranking(body.model, [("query", body.query)],
+                                [(f"documents.{i}", text) for i, text in enumerate(body.texts)], "documents")
+            ranked = await self._rank(body.query, body.texts)
+            return JSONResponse(protocol.rerank_response(self.args.model_name, body, ranked))
+
+    @app.post("/v1/score", responses=ERRORS, openapi_extra=_json_body(protocol.ScoreRequest))
+    async def score(self, request: Request) -> JSONResponse:
+        check_bearer(request, self.token)
+        async with self._admitted():
+            body = await read_body(request, protocol.ScoreRequest, self.args.limits.max_body_bytes)
+            self._check_ranking(body.model, protocol.named("text_1", body.text_1), protocol.named("text_2", body.text_2),
+                                "text_2")
+            groups = body.groups()
+            ranked = await asyncio.gather(*(self._rank(q, [body.texts_2[i] for i in members]) for q, members in groups))
+            return JSONResponse(protocol.score_response(self.args.model_name, groups, ranked))
 
     # ---- the two POST routes -------------------------------------------------------------
     async def _chat(self, request: Request) -> JSONResponse:
@@ -321,6 +345,19 @@ class Ingress:
         log.info("ensemble %s ready: every candidate and the ranker-fuser answered a warm-up", self.args.model_name)
 
     # ---- helpers -------------------------------------------------------------------------
+    def _check_ranking(self, model: str | None, queries: list[tuple[str, str]], texts: list[tuple[str, str]],
+                       param: str) -> None:
+        """The ranking endpoints' model, number of texts to rank and lengths ((param, text) pairs),
+        checked before the ranker is called."""
+        if model is not None and model != self.args.model_name:
+            raise APIError(404, f"model {model!r} does not exist; this server serves {self.args.model_name!r}",
+                           param="model", code="model_not_found")
+        if len(texts) > self.args.limits.max_candidates:
+            raise APIError(400, f"{param}: {len(texts)} texts > the limit of {self.args.limits.max_candidates} "
+                           "per request", param=param, code="too_many_candidates")
+        for name, text in [*queries, *texts]:
+            self._check_length(text, name)
+
     def _check_length(self, text: str, param: str) -> None:
         if len(text) > self.args.limits.max_text_chars:
             raise APIError(413, f"{param}: {len(text)} characters > the limit of {self.args.limits.max_text_chars}",
@@ -382,10 +419,15 @@ class Ingress:
 
     async def _fuse(self, question: str, texts: list[str], top_k: int | None, max_new_tokens: int,
                     stop: list[str] | None = None) -> dict[str, Any]:
+        return await self._call_ranker(self.ranker.rank_and_fuse.remote(question, texts, top_k, max_new_tokens, stop))
+
+    async def _rank(self, question: str, texts: list[str]) -> dict[str, Any]:
+        return await self._call_ranker(self.ranker.rank.remote(question, texts))
+
+    async def _call_ranker(self, call) -> dict[str, Any]:
+        """A ranker-fuser call's answer, its failures as API errors (timeout, this input alone, full queue)."""
         try:
-            return await asyncio.wait_for(
-                self.ranker.rank_and_fuse.remote(question, texts, top_k, max_new_tokens, stop),
-                timeout=self.args.ranker_timeout_s)
+            return await asyncio.wait_for(call, timeout=self.args.ranker_timeout_s)
         except asyncio.TimeoutError:
             raise APIError(503, f"ranker-fuser timed out after {self.args.ranker_timeout_s:g} s",
                            code="ranker_timeout") from None

@@ -4,6 +4,7 @@
 an unknown field, `n > 1` or `logprobs` is a 400 naming it, never silently ignored. Extensions:
 `fuse_top_k` and `candidate_max_tokens` (the `openai` client sends them with `extra_body=`).
 `/v1/rank_and_fuse` takes LLM-Blender's shape: `inputs` (questions) and, per input, its `candidates`.
+`/v1/rerank` (`/v2/rerank`) and `/v1/score` take vLLM's and Cohere's ranking bodies.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 ROLES = ("system", "developer", "user", "assistant")  # `tool`/`function` turns need tool calling: refused
 
@@ -144,6 +145,104 @@ class RankAndFuseRequest(BaseModel):
             if not cands:
                 raise ValueError(f"candidates.{i}: at least one candidate is needed")
         return self
+
+
+class RerankDocument(BaseModel):
+    """Cohere's document object (its v1 API): the text to rank."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+
+
+class RerankRequest(BaseModel):
+    """`/v1/rerank` and `/v2/rerank` as vLLM and Cohere take them; documents are strings or {"text"}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None  # vLLM's is optional; when given, this server's model name
+    query: str
+    documents: list[str | RerankDocument] = Field(min_length=1)
+    top_n: int | None = Field(None, ge=0)  # None or 0 (vLLM's default): every document
+    return_documents: bool = True  # Cohere's flag; vLLM always returns them
+    user: str | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class ScoreRequest(BaseModel):
+    """`/v1/score` as vLLM takes it: text_1 against each text_2 (1:1, 1:N), or pairwise (N:N)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    text_1: str | list[str]
+    text_2: str | list[str]
+    encoding_format: Literal["float"] | None = None  # vLLM's examples send it; scores are floats
+    user: str | None = None
+
+    @field_validator("text_1", "text_2")
+    @classmethod
+    def _not_empty(cls, texts: str | list[str]) -> str | list[str]:
+        if isinstance(texts, list) and not texts:
+            raise ValueError("at least one text is needed")
+        return texts
+
+    @field_validator("text_2")
+    @classmethod
+    def _one_per_text_1(cls, texts_2: str | list[str], info: ValidationInfo) -> str | list[str]:
+        text_1 = info.data.get("text_1")
+        if isinstance(text_1, list) and (not isinstance(texts_2, list) or len(texts_2) != len(text_1)):
+            raise ValueError(f"with a list of {len(text_1)} text_1, a list of as many text_2 (pairs, as zip)")
+        return texts_2
+
+    def groups(self) -> list[tuple[str, list[int]]]:
+        """(query, indices of its text_2s): URG ranks the texts that share a query together."""
+        texts_2 = [self.text_2] if isinstance(self.text_2, str) else self.text_2
+        queries = self.text_1 if isinstance(self.text_1, list) else [self.text_1] * len(texts_2)
+        groups: dict[str, list[int]] = {}
+        for i, query in enumerate(queries):
+            groups.setdefault(query, []).append(i)
+        return list(groups.items())
+
+    @property
+    def texts_2(self) -> list[str]:
+        return [self.text_2] if isinstance(self.text_2, str) else self.text_2
+
+
+def named(param: str, value: str | list[str]) -> list[tuple[str, str]]:
+    """(field name, text) pairs of a str-or-list field: `text_2`, or `text_2.0`, `text_2.1`, ..."""
+    return [(param, value)] if isinstance(value, str) else [(f"{param}.{i}", text) for i, text in enumerate(value)]
+
+
+def rerank_response(model: str, body: RerankRequest, ranked: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's rerank response: results best first, `top_n` of them (0/None: all)."""
+    shares, texts = relevance(ranked["scores"]), body.texts
+    order = ranked["ranks"][: body.top_n or None]
+    results = [{"index": i, **({"document": {"text": texts[i]}} if body.return_documents else {}),
+                "relevance_score": shares[i]} for i in order]
+    tokens = ranked["prompt_tokens"]
+    return {"id": f"rerank-{uuid.uuid4().hex}", "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "results": results}
+
+
+def score_response(model: str, groups: list[tuple[str, list[int]]], ranked: list[dict[str, Any]]) -> dict[str, Any]:
+    """vLLM's score response: one score per text_2, in request order; each a share within its group."""
+    scores: dict[int, float] = {}
+    for (_, members), result in zip(groups, ranked):
+        scores.update(zip(members, relevance(result["scores"])))
+    tokens = sum(r["prompt_tokens"] for r in ranked)
+    return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": model,
+            "data": [{"index": i, "object": "score", "score": scores[i]} for i in sorted(scores)],
+            "usage": usage(tokens, 0)}
+
+
+def relevance(scores: list[float]) -> list[float]:
+    """URG's eq. 6 scores as shares of their sum: in [0, 1], summing to 1 over one ranking."""
+    total = sum(scores)
+    return [s / total if total > 0 else 1 / len(scores) for s in scores]
 
 
 class ErrorDetail(BaseModel):

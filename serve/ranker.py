@@ -1,9 +1,9 @@
 """The URG ranker-fuser deployment: one model per replica, requests batched with `@serve.batch`.
 
-Every answer comes from `URG.rank_and_fuse`; this module only loads the model, groups the
-batched requests that share generation settings, and runs the model off the event loop so the
-next batch forms while this one computes. A batch that fails is retried item by item, so one
-bad request fails alone (`fuse_each`).
+Every answer comes from `URG.rank_and_fuse` (`URG.rank` for the ranking endpoints); this module
+only loads the model, groups the batched requests that share generation settings, and runs the
+model off the event loop so the next batch forms while this one computes. A batch that fails is
+retried item by item, so one bad request fails alone (`fuse_each`).
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ class URGRankerFuser:
         self.default_top_k = self.urg.config.top_k
         self._fuse_batch.set_max_batch_size(max_batch_size)
         self._fuse_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._rank_batch.set_max_batch_size(max_batch_size)
+        self._rank_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         log.info("URG ranker-fuser ready: %s (%s)%s", source, describe(self.urg),
                  "" if self.trained else "; UNTRAINED weights (a preset, not a checkpoint)")
 
@@ -103,6 +105,25 @@ class URGRankerFuser:
         if isinstance(result, Exception):
             raise result
         return result
+
+    async def rank(self, question: str, candidates: list[str]) -> dict[str, Any]:
+        """One question's ranking, batched with concurrent calls (no generation):
+        {scores (eq. 6, candidate order), ranks (best first), prompt_tokens}."""
+        result = await self._rank_batch((question, tuple(candidates)))
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _rank_batch(self, items: list[tuple[str, tuple[str, ...]]]) -> list[dict[str, Any] | Exception]:
+        return await fuse_each(lambda batch: asyncio.to_thread(self._rank, batch), items, lambda item: None)
+
+    def _rank(self, items: list[tuple[str, tuple[str, ...]]]) -> list[dict[str, Any]]:
+        questions, candidates = [q for q, _ in items], [list(c) for _, c in items]
+        ranked = self.urg.rank(questions, candidates)
+        prompt_tokens = self.urg.collator.encode_pairs(questions, candidates).attention_mask.sum(dim=(1, 2)).tolist()
+        return [{"scores": ranked.scores[b, : len(c)].tolist(), "ranks": ranked.ranks[b], "prompt_tokens": int(p)}
+                for b, (c, p) in enumerate(zip(candidates, prompt_tokens))]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _fuse_batch(self, items: list[FuseItem]) -> list[dict[str, Any] | Exception]:
