@@ -13,12 +13,12 @@ regenerates failed candidates. Then: python jobs/score.py --set input=OUT/candid
 
 from __future__ import annotations
 
-import os
+import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import job_parser  # noqa: E402
+from _cli import job_parser, start_ray  # noqa: E402
 
 from urg_ray.config import ConfigError, load_config  # noqa: E402
 from urg_ray.data import DataError  # noqa: E402
@@ -48,15 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[generate] {len(prompts)} prompts ({len(problems)} lines skipped) x {len(cfg.models)} models: "
           f"{', '.join(f'{m.name} ({m.engine})' for m in cfg.models)}; {todo} candidates to generate", flush=True)
 
-    import ray
-
     from urg_ray.generate import generate
 
-    if todo and not ray.is_initialized():
-        # Inside `ray job submit` RAY_ADDRESS points at the cluster; otherwise start a local one.
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address) if address else ray.init(address="local", include_dashboard=False,
-                                                           num_cpus=os.cpu_count() or 1)
+    # the library logs its per-model progress; show it as the job's own lines
+    logging.basicConfig(level=logging.INFO, format="[generate] %(message)s", stream=sys.stdout)
+    if todo:
+        start_ray(args.verbose)
     try:
         summary = generate(cfg, args.out, prompts, problems)
     except Locked as err:

@@ -256,13 +256,13 @@ def fake_engine(monkeypatch):
 CFG = GenerateConfig(models=[ModelSpec(name="m", engine="transformers")], prompt_template="{question}")
 
 
-def test_a_changed_prompt_is_generated_again_and_reported(tmp_path, fake_engine, capsys):
+def test_a_changed_prompt_is_generated_again_and_reported(tmp_path, fake_engine, caplog):
     prompts = [Prompt("a", "First?"), Prompt("b", "Second?", output="ref")]
     gen.generate(CFG, tmp_path, prompts)
     changed = [Prompt("a", "A new question?"), Prompt("b", "Second?", output="new ref")]
     summary = gen.generate(CFG, tmp_path, changed)
     assert fake_engine == [("m", "a"), ("m", "b"), ("m", "a")] and summary["changed_prompts"] == ["a"]
-    assert "1 prompts changed since their candidates were generated" in capsys.readouterr().out
+    assert "1 prompts changed since their candidates were generated" in caplog.text
     records = read_records(tmp_path / "candidates.jsonl")
     assert [(r.instruction, r.output, r.candidates[0].text) for r in records] == [
         ("A new question?", "", "m: A new question?"), ("Second?", "new ref", "m: Second?")]

@@ -321,23 +321,22 @@ def generate(cfg: GenerateConfig, out_dir: str | Path, prompts: list[Prompt] | N
         summary["damaged_journal_entries"] = problems
         summary["changed_prompts"] = _check_prompts(records, prompts)
         if problems:
-            print(f"[generate] {len(problems)} damaged journal entries skipped (generated again): {problems[:5]}",
-                  flush=True)
+            log.warning("%d damaged journal entries skipped (generated again): %s", len(problems), problems[:5])
         if summary["changed_prompts"]:
-            print(f"[generate] {len(summary['changed_prompts'])} prompts changed since their candidates were "
-                  f"generated; generating them again: {summary['changed_prompts'][:20]}", flush=True)
+            log.warning("%d prompts changed since their candidates were generated; generating them again: %s",
+                        len(summary["changed_prompts"]), summary["changed_prompts"][:20])
         for spec in cfg.models:
             todo = [p for p in prompts if _needs(records.get(p.id), spec.name, cfg.retry_errors)]
             stats = summary["models"][spec.name] = {"engine": spec.engine, "prompts": len(todo),
                                                     "skipped": len(prompts) - len(todo), "failed": 0}
             if not todo:
-                print(f"[generate] {spec.name}: all {len(prompts)} prompts already done", flush=True)
+                log.info("%s: all %d prompts already done", spec.name, len(prompts))
                 continue
             stats.update(_run_model(spec, todo, cfg, records, journal))
-            print(f"[generate] {spec.name} ({spec.engine}): {len(todo)} prompts in {stats['wall_s']:.1f} s: "
-                  f"{stats['prompts_per_s']:.2f} prompts/s, {stats['generated_tokens_per_s']:.1f} generated tokens/s; "
-                  f"without the ~{stats['startup_s']:.1f} s start-up {stats['prompts_per_s_after_startup']} prompts/s, "
-                  f"{stats['generated_tokens_per_s_after_startup']} tokens/s; {stats['failed']} failed", flush=True)
+            log.info(f"{spec.name} ({spec.engine}): {len(todo)} prompts in {stats['wall_s']:.1f} s: "
+                     f"{stats['prompts_per_s']:.2f} prompts/s, {stats['generated_tokens_per_s']:.1f} generated tokens/s; "
+                     f"without the ~{stats['startup_s']:.1f} s start-up {stats['prompts_per_s_after_startup']} prompts/s, "
+                     f"{stats['generated_tokens_per_s_after_startup']} tokens/s; {stats['failed']} failed")
         # The output is durable (fsynced, renamed, directory fsynced) before the journal goes.
         summary["records"] = write_records(out_file, _ordered(records, prompts, [m.name for m in cfg.models]))
         journal.remove()
