@@ -248,8 +248,9 @@ def _consumed(folder: Path) -> dict[tuple[int, int], list[list[str]]]:
 @pytest.mark.slow
 def test_a_worker_killed_at_a_step_resumes_with_the_checkpoint_weights_and_the_same_records(tmp_path):
     """Worker 1 dies at step 7 (checkpoints at 3 and 6): the group restarts from a checkpoint, its
-    weights before the first resumed step are exactly the checkpoint's, and every step trains on
-    the records an uninterrupted run trains on (10 steps of 2 x 8 over 96 records: two epochs)."""
+    weights before the first resumed step are exactly the checkpoint's, every step trains on the
+    records an uninterrupted run trains on (10 steps of 2 x 8 over 96 records: two epochs), and
+    with the RNG state restored each step's loss is the uninterrupted run's."""
     import ray
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from ray import cloudpickle  # Ray pickles with its own vendored copy
@@ -263,7 +264,7 @@ def test_a_worker_killed_at_a_step_resumes_with_the_checkpoint_weights_and_the_s
             f"train.storage_path={tmp_path}/runs", f"train.name={name}", f"data.train_file={tmp_path}/train.jsonl",
             f"data.dev_file={tmp_path}/dev.jsonl", "data.n_train=96", "data.n_dev=4", "train.dev_fuse_records=0",
             "train.checkpoint_every=3", "train.max_steps=10", "train.max_failures=1", "train.keep_checkpoints=4",
-            "train.warmup_steps=2",
+            "train.warmup_steps=2", "train.log_every=1", "model.dropout=0.1",  # dropout: the RNG state matters
         ])
 
     records = prepare_data(config("straight"))
@@ -303,6 +304,11 @@ def test_a_worker_killed_at_a_step_resumes_with_the_checkpoint_weights_and_the_s
         torch.testing.assert_close(weights[name], weight, rtol=0, atol=0, msg=name)
     fresh = build_model(config("killed")).state_dict()
     assert any(not torch.equal(fresh[name], weight) for name, weight in saved.items())  # training moved them
+
+    # the same records, weights, optimiser, schedule and dropout masks (the RNG state): the same losses
+    history = {name: _latest_state(tmp_path / "runs" / name)["history"] for name in ("straight", "killed")}
+    assert [h["step"] for h in history["killed"]] == [h["step"] for h in history["straight"]] == list(range(1, 11))
+    assert [h["loss"] for h in history["killed"]] == pytest.approx([h["loss"] for h in history["straight"]], rel=1e-5)
 
 
 @pytest.mark.slow
