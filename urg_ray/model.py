@@ -270,6 +270,23 @@ class URG(RankerFuser):
         return RankResult(scores.cpu(), ranks)
 
     @torch.no_grad()
+    def compare(self, questions: str | Sequence[str], candidates_a: str | Sequence[str],
+                candidates_b: str | Sequence[str]) -> bool | list[bool]:
+        """LLM-Blender's `compare`: is answer A better than answer B? True where URG scores A above B
+        (eq. 6, the two ranked together); equal scores (e.g. A == B) are False. Three strings in:
+        one bool; three lists of the same length: a list. For a graded preference use `rank`."""
+        single = isinstance(questions, str)
+        if single != isinstance(candidates_a, str) or single != isinstance(candidates_b, str):
+            raise TypeError("compare takes three strings or three lists of strings")
+        if single:
+            return self.compare([questions], [candidates_a], [candidates_b])[0]
+        if not len(questions) == len(candidates_a) == len(candidates_b):
+            raise ValueError(f"compare: {len(questions)} questions, {len(candidates_a)} answers A and "
+                             f"{len(candidates_b)} answers B; give one A and one B per question")
+        scores = self.rank(questions, [[a, b] for a, b in zip(candidates_a, candidates_b)]).scores
+        return (scores[:, 0] > scores[:, 1]).tolist()
+
+    @torch.no_grad()
     def rank_and_fuse(self, questions: Sequence[str], candidates: Sequence[Sequence[str]],
                       top_k: int | None = None, max_new_tokens: int = 128, empty_fallback: bool = False,
                       **generate_kwargs) -> list[FusionResult]:
