@@ -26,6 +26,7 @@ from urg_ray.data import Batch, Collator
 from urg_ray.positions import POSITIONS_FILE, AbsolutePositions
 from urg_ray.presets import get_preset, set_dropout, t5_config, tiny_tokenizer
 from urg_ray.protocol import RankerFuser
+from urg_ray.streaming import FusionStream
 
 log = logging.getLogger(__name__)
 URG_CONFIG_FILE = "urg_config.json"
@@ -317,6 +318,27 @@ class URG(RankerFuser):
             results.append(FusionResult(text, order[b, :n].tolist(), scores[b, :n].tolist(),
                                         top[b][keep[b]].tolist(), "; ".join(notes) or None))
         return results
+
+    @torch.no_grad()
+    def stream_fuse(self, question: str, candidates: Sequence[str], top_k: int | None = None,
+                    max_new_tokens: int = 128, stop: Sequence[str] = (), empty_fallback: bool = False,
+                    **generate_kwargs) -> FusionStream:
+        """`rank_and_fuse` for one question, its answer streamed: ranks here (the ranking step
+        under its lock), then generates in a thread; iterate the FusionStream for text pieces.
+        Joined, they equal `rank_and_fuse`'s text cut before the first `stop` string and stripped."""
+        k = top_k or self.config.top_k
+        if k < 1:
+            raise ValueError(f"top_k must be >= 1, got {k}")
+        batch = self.collator.encode_pairs([question], [candidates]).to(self.device)
+        states, mask = self.encode(batch)
+        scores = self.rank_scores(states, mask, batch.candidate_mask)
+        order, _ = select_top_k(scores, batch.candidate_mask, scores.size(1))
+        top, keep = select_top_k(scores, batch.candidate_mask, k)
+        n = len(candidates)
+        ranking = FusionResult("", order[0, :n].tolist(), scores[0, :n].tolist(), top[0][keep[0]].tolist(),
+                               f"{n} candidates < top_k={k}: fused all {n}" if n < k else None)
+        return FusionStream(self, *gather_states(states, mask, top, keep), candidates, ranking, stop,
+                            empty_fallback, max_new_tokens, generate_kwargs)
 
     @torch.no_grad()
     def fuse(self, questions: Sequence[str], candidates: Sequence[Sequence[str]], max_new_tokens: int = 128,
