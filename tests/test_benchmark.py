@@ -47,3 +47,55 @@ def test_bad_settings_fail_before_anything_runs(bench_job, tmp_path, capsys):
     assert bench_job.main(["--set", "nope=1", "--out", str(tmp_path)]) == 2
     assert "nope: unknown key" in capsys.readouterr().err
     assert not (tmp_path / "benchmark.json").exists()
+
+
+# ---- overhead: the report writer (no Ray; figures made up, verdicts computed here) -----------
+def _overhead_results():
+    window = lambda step, rate, loss: {"step": step, "samples": 160, "samples_per_s": rate, "loss": loss}  # noqa: E731
+    side = lambda rate: {"windows": [window(10, 5.0, 17.7), window(20, rate, 17.1)], "samples_per_s": rate,  # noqa: E731
+                         "wall_s": 30.0, "other_load": 0.01}
+    return {
+        "training": {"steps": 20, "log_every": 10, "global_batch": 16, "workers": 2, "cpus_per_worker": 1,
+                     "load_before": [0.1, 0.2, 0.3], "plain": side(40.0), "ray": side(30.0),
+                     "ray_over_plain_samples_per_s": 0.75},
+        "serving": {"max_new_tokens": 16, "batch_size": 8, "clients": 32, "load_before": [0, 0, 0],
+                    "inprocess": {"p50_ms": 80.0, "requests_per_s": 40.0},
+                    "http": {"p50_ms": 90.0, "requests_per_s": 38.0, "errors": 0},
+                    "http_minus_inprocess_p50_ms": 10.0, "http_over_inprocess_requests_per_s": 0.95},
+    }
+
+
+def test_overhead_report_states_each_goal_and_keeps_pairs_not_rerun(tmp_path):
+    from urg_ray import overhead
+
+    results = _overhead_results()
+    overhead.write_report(tmp_path, {"training": results["training"]})
+    report = overhead.write_report(tmp_path, {"serving": results["serving"]})  # a later run of one pair
+    saved = json.loads((tmp_path / "performance.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert set(saved["results"]) == {"training", "serving"}
+    assert {"cpu_model", "cores", "bf16_matmul"} <= set(saved["machine"])
+    assert {"torch", "ray", "deepspeed", "vllm", "transformers"} <= set(saved["machine"]["versions"])
+    met = {(g["pair"], g["metric"]): g["met"] for g in saved["goals"]}
+    assert met == {("training", "ray_over_plain_samples_per_s"): False,  # 0.75 < 0.8
+                   ("serving", "http_minus_inprocess_p50_ms"): True,  # 10 ms <= 15 ms
+                   ("serving", "http_over_inprocess_requests_per_s"): True}  # 0.95 >= 0.9
+    text = (tmp_path / "performance.md").read_text()
+    assert "| training | ray_over_plain_samples_per_s | 0.75 | >= 0.8 | **no** |" in text
+    assert "| serving | http_minus_inprocess_p50_ms | 10.0 | <= 15.0 | yes |" in text
+    assert "| 20 | 17.1000 | 17.1000 |" in text  # the loss curves, one row per log window
+
+
+def test_overhead_steady_rate_leaves_out_the_first_window():
+    from urg_ray.overhead import steady_rate
+
+    windows = [{"samples": 100, "samples_per_s": 1.0}, {"samples": 100, "samples_per_s": 20.0},
+               {"samples": 300, "samples_per_s": 60.0}]
+    assert steady_rate(windows) == pytest.approx(400 / (100 / 20 + 300 / 60))  # 40 samples/s
+    assert steady_rate(windows[:1]) is None
+
+
+def test_overhead_unknown_pair_fails_before_anything_runs(bench_job, tmp_path, capsys):
+    assert bench_job.main(["overhead", "--pairs", "training,nope", "--out", str(tmp_path)]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "performance.json").exists()

@@ -90,6 +90,9 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(100, ge=0)  # then linear decay to 0 (paper §4.1)
     grad_clip: float = Field(1.0, gt=0)
     bf16: bool = False
+    # forward under torch.autocast(bfloat16) with fp32 weights and optimizer: only on CPUs with bf16
+    # matmul instructions (AMX or AVX512-BF16; urg_ray.train.cpu_has_bf16), else ignored with a warning
+    bf16_autocast: bool = False
     zero_stage: Literal[0, 1, 2] = 2
     log_every: int = Field(25, ge=1)
     checkpoint_every: int = Field(250, ge=1)  # evaluates on dev, then saves

@@ -144,6 +144,28 @@ def quiet_worker(rank: int, verbose: bool) -> None:
         hf_logging.disable_progress_bar()  # "Writing model shards" at every checkpoint
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16, from /proc/cpuinfo's
+    flags): elsewhere bf16 autocast is emulated and slower than fp32."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def autocast_bf16(cfg: JobConfig) -> bool:
+    """train.bf16_autocast where it helps: CPU training on a CPU with bf16 matmuls."""
+    t = cfg.train
+    if not t.bf16_autocast:
+        return False
+    if t.use_gpu or not cpu_has_bf16():
+        log.warning("train.bf16_autocast ignored: %s", "CPU only" if t.use_gpu else "this CPU has no bf16 matmul "
+                    "(amx_bf16 / avx512_bf16)")
+        return False
+    return True
+
+
 def rng_state_file(rank: int) -> str:
     return f"rng_state.rank{rank}.json"  # inside each checkpoint, one per worker
 
@@ -185,6 +207,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                       lr_scheduler=scheduler, config=deepspeed_config(cfg))
     dev = [Record.model_validate_json(s) for s in config["dev"]][: t.dev_max_records]
     terms = ("loss", *model.log_terms)  # averaged over each log window
+    bf16 = autocast_bf16(cfg)
 
     # -- resume: the run's own latest checkpoint, else an explicit folder
     step, state = 0, {"history": []}
@@ -235,7 +258,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch = step // per_epoch
         records = training_batch(train_data, step, world, rank, t.batch_size, t.seed)
         batch = model.collator(records).to(engine.device)
-        out = engine(batch, gamma=cfg.loss.gamma_at(step))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = engine(batch, gamma=cfg.loss.gamma_at(step))
         engine.backward(out.loss)
         engine.step()
         step += 1
