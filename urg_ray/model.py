@@ -1,6 +1,7 @@
 """URG: unified ranking and generation over one encoder-decoder (Lv et al., ACL Findings 2024).
 
-A stock Hugging Face seq2seq model (T5 family) plus reshapes, as in Fusion-in-Decoder:
+A stock Hugging Face encoder-decoder plus reshapes, as in Fusion-in-Decoder (T5, or any
+`EncoderDecoderModel` whose decoder has cross-attention, e.g. the `minilm` preset's BERT pair):
 the encoder sees the B*N (question, candidate) pairs separately, (B*N, L); the decoder sees
 their states concatenated, (B, N*L). One decoder step ranks the candidates by cross-attention
 (eq. 5-6); the top-k candidates' states, already computed, condition the fused answer.
@@ -17,14 +18,15 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalGeneration
+from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig, PreTrainedModel,
+                          T5ForConditionalGeneration)
 from transformers.modeling_outputs import BaseModelOutput
 
 from urg_ray import losses
 from urg_ray.config import LossConfig, ModelConfig
 from urg_ray.data import Batch, Collator
 from urg_ray.positions import POSITIONS_FILE, AbsolutePositions
-from urg_ray.presets import get_preset, set_dropout, t5_config, tiny_tokenizer
+from urg_ray.presets import get_preset, pretrained_encoder_decoder, set_dropout, t5_config, tiny_tokenizer
 from urg_ray.protocol import RankerFuser
 from urg_ray.streaming import FusionStream
 
@@ -92,6 +94,13 @@ def gather_states(states: torch.Tensor, mask: torch.Tensor, index: torch.Tensor,
     return chosen.reshape(b, -1, hidden), chosen_mask.reshape(b, -1)
 
 
+def module_configs(module: nn.Module) -> list:
+    """The distinct config objects a module and its submodules hold. EncoderDecoderModel gives its
+    halves new config objects after their layers were built, so the layers keep the old ones."""
+    configs = {id(m.config): m.config for m in module.modules() if isinstance(getattr(m, "config", None), PretrainedConfig)}
+    return list(configs.values())
+
+
 class URG(RankerFuser):
     """Ranker and fuser in one encoder-decoder. `forward(batch)` returns the training losses."""
 
@@ -103,7 +112,7 @@ class URG(RankerFuser):
     config_class = ModelConfig
     config_file = URG_CONFIG_FILE
 
-    def __init__(self, model: T5ForConditionalGeneration, tokenizer, config: ModelConfig | None = None,
+    def __init__(self, model: PreTrainedModel, tokenizer, config: ModelConfig | None = None,
                  loss_config: LossConfig | None = None):
         super().__init__()
         self.model = model
@@ -114,9 +123,10 @@ class URG(RankerFuser):
                                  self.config.target_max_length)
         # Ranking reads the first decoder step's cross-attention weights, which only eager
         # attention returns; everything else (encoder, teacher-forced decoding, generate) runs
-        # on sdpa when the model gives encoder and decoder configs of their own (T5 does).
+        # on sdpa when the model gives encoder and decoder configs of their own (T5 and
+        # EncoderDecoderModel do).
         model.config._attn_implementation = "eager"
-        for part in (model.get_encoder().config, model.get_decoder().config):
+        for part in (*module_configs(model.get_encoder()), *module_configs(model.get_decoder())):
             if part is not model.config:
                 part._attn_implementation = "sdpa"
         self.positions = None
@@ -126,7 +136,7 @@ class URG(RankerFuser):
 
     # ---- loading and saving (urg_ray.saving.Pretrained: from_pretrained, save_pretrained) ---
     @property
-    def backbone(self) -> T5ForConditionalGeneration:
+    def backbone(self) -> PreTrainedModel:
         return self.model
 
     @classmethod
@@ -138,6 +148,8 @@ class URG(RankerFuser):
     @classmethod
     def _build_backbone(cls, config: ModelConfig, dtype: torch.dtype | None):
         preset = get_preset(config.preset) if "/" not in config.preset else None
+        if preset is not None and preset.encoder_dir is not None:
+            return pretrained_encoder_decoder(preset, config.random_init, dtype)
         if preset is not None and (preset.hub_name is None or config.random_init):
             tokenizer = tiny_tokenizer()
             return T5ForConditionalGeneration._from_config(
@@ -160,7 +172,15 @@ class URG(RankerFuser):
 
     def _apply_dropout(self, p: float) -> None:
         set_dropout(self.model, p)
-        self.model.config.dropout_rate = p  # saved in config.json: a plain HF load agrees
+        # saved in config.json: a plain HF load agrees (T5: dropout_rate; BERT halves: two fields)
+        for part in (self.model.config, getattr(self.model.config, "encoder", None),
+                     getattr(self.model.config, "decoder", None)):
+            if part is None:
+                continue
+            if part.model_type == "t5":
+                part.dropout_rate = p
+            elif hasattr(part, "hidden_dropout_prob"):
+                part.hidden_dropout_prob = part.attention_probs_dropout_prob = p
 
     # ---- the three stages ---------------------------------------------------------------
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,6 +214,8 @@ class URG(RankerFuser):
         """
         b, n, length, _ = states.shape
         start = torch.full((b, 1), self.model.config.decoder_start_token_id, device=states.device)
+        # T5's get_decoder() is its decoder stack, EncoderDecoderModel's a *LMHeadModel; both
+        # take encoder states directly and return cross_attentions (eager attention only).
         with self._eager_decoder():
             decoder_out = self.model.get_decoder()(
                 input_ids=start, encoder_hidden_states=states.reshape(b, n * length, -1),
@@ -210,13 +232,16 @@ class URG(RankerFuser):
         """The decoder on eager attention for one call. Attention modules read the
         implementation from their config at each forward, so switching it is enough; the lock
         keeps two threads' ranking steps (Serve, Ray Data actors) from switching it back early."""
-        config = self.model.get_decoder().config
+        configs = module_configs(self.model.get_decoder())
         with _RANKING_STEP:
-            before, config._attn_implementation = config._attn_implementation, "eager"
+            before = [config._attn_implementation for config in configs]
             try:
+                for config in configs:
+                    config._attn_implementation = "eager"
                 yield
             finally:
-                config._attn_implementation = before
+                for config, implementation in zip(configs, before):
+                    config._attn_implementation = implementation
 
     def configure_loss(self, loss: LossConfig) -> None:
         self.loss_config = loss

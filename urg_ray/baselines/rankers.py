@@ -1,4 +1,4 @@
-"""The rankers URG is measured against (LLM-Blender §3, Fig. 3), on DeBERTa-v3 encoders.
+"""The rankers URG is measured against (LLM-Blender §3, Fig. 3), on DeBERTa-v3 encoders (or any HF encoder: `minilm`).
 
 * PairRanker: a cross-encoder over "[CLS] <source> x [SEP] <candidate1> y_i [SEP] <candidate2>
   y_j [SEP]"; the markers' states score both candidates (s^i_(i,j), s^j_(i,j)) and
@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, DebertaV2Model
+from transformers import AutoConfig, AutoModel, AutoTokenizer, DebertaV2Model
 
 from urg_ray.baselines.aggregation import bubble_pass, bubble_scores, max_logits, max_wins
 from urg_ray.baselines.base import (Baseline, RankerBatch, RankerCollator, RankerOutput, pack_segments, token)
@@ -57,12 +57,15 @@ class CrossEncoderRanker(Baseline):
     def _build_backbone(cls, config: BaselineConfig, dtype: torch.dtype | None):
         name = config.preset
         preset = get_ranker_preset(name) if "/" not in name else None
-        if preset is not None and (preset.hub_name is None or config.random_init):
+        if preset is not None and preset.encoder_dir is None and (preset.hub_name is None or config.random_init):
             tokenizer = ranker_tokenizer()
             return DebertaV2Model(deberta_config(preset, len(tokenizer))), tokenizer
-        hub = preset.hub_name if preset else name
+        hub = (preset.encoder_dir() if preset.encoder_dir else preset.hub_name) if preset else name
         tokenizer = add_ranker_tokens(AutoTokenizer.from_pretrained(hub))
-        backbone = AutoModel.from_pretrained(hub, dtype=dtype)
+        if config.random_init:  # a local encoder's architecture with random weights
+            backbone = AutoModel.from_config(AutoConfig.from_pretrained(hub), dtype=dtype)
+        else:
+            backbone = AutoModel.from_pretrained(hub, dtype=dtype)
         backbone.resize_token_embeddings(len(tokenizer))
         return backbone, tokenizer
 
