@@ -63,6 +63,19 @@ class LossConfig(_Strict):
         return self.gamma * min(1.0, ramp)
 
 
+class JudgedDataConfig(_Strict):
+    """A judged MixInstruct file split by instruction into the three files (urg_ray/real_data.py)."""
+
+    source_file: str = "../shared/data/alpaca_eval_judged.jsonl.gz"
+    extra_file: str | None = None  # more judged answers to the same ids: train records only
+    split: list[int] = Field(default_factory=lambda: [445, 60, 100], min_length=3, max_length=3)  # train/dev/test
+    seed: int = 0
+    train_candidates: int | None = Field(None, ge=2)  # train records cut into groups of this many candidates
+    scored_splits: list[Literal["train", "dev", "test"]] = Field(default_factory=lambda: ["dev", "test"])
+    metrics: list[Literal["bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore"]] = Field(
+        default_factory=lambda: ["bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore"])
+
+
 class DataConfig(_Strict):
     train_file: str = "data/synthetic/train.jsonl"
     dev_file: str = "data/synthetic/dev.jsonl"
@@ -74,6 +87,7 @@ class DataConfig(_Strict):
     n_dev: int = Field(200, ge=1)  # synthetic only
     n_test: int = Field(200, ge=1)  # synthetic only
     seed: int = 0
+    judged: JudgedDataConfig | None = None  # write the three files from a judged file when missing
 
 
 class TrainConfig(_Strict):

@@ -57,6 +57,10 @@ def prepare_data(cfg: JobConfig, source: str = "<defaults>") -> dict[str, list[R
                               (d.test_file, d.n_test, d.seed + 2)]:
             if not Path(path).is_file():
                 write_records(path, make_dataset(n, n_candidates=d.n_candidates, seed=seed, id_prefix=Path(path).stem))
+    if d.judged is not None:  # real judged answers: split and scored on first use
+        from urg_ray.real_data import ensure_judged
+
+        ensure_judged(d)
     files = {"train": d.train_file, "dev": d.dev_file}
     records = {}
     for split, path in files.items():
