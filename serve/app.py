@@ -13,6 +13,7 @@ carries its `args` (AppArgs) and per-deployment options, never logic. Routes:
     POST /v1/score              vLLM's score API: text_1 against each text_2 (URG.rank, no fusion)
     GET  /v1/models             the ensemble's model id
     GET  /healthz               200 once every candidate and the ranker answered a warm-up, else 503
+    GET  /                      the playground (serve/playground.html): ask, watch the candidates and the fused answer
     GET  /openapi.json, /docs, /redoc   the schema, behind the same auth as the API
 
 Each candidate has a timeout; a failed or late one is dropped and listed in `urg.dropped`; with
@@ -41,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import models_json_schema
 from ray import serve
 from ray.serve import Application
+from starlette.background import BackgroundTask
 
 from serve import protocol
 from serve.candidates import (CandidateArgs, build_candidate, call_candidate, candidate_sampling, count_prompt_tokens,
@@ -116,6 +118,10 @@ ERRORS = {status: {"model": protocol.ErrorResponse, "description": why} for stat
     404: "unknown model or route", 405: "method not allowed (see Allow)", 413: "body or text too large",
     429: "too many requests in flight (see Retry-After)", 500: "internal error (details in the server log)",
     503: "every candidate failed, or the ranker-fuser is unavailable"}.items()}
+# The playground is one static page; its inline script and styles may only call this app.
+PLAYGROUND = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
+PLAYGROUND_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+                  "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 BODY_MODELS = (protocol.ChatRequest, protocol.RankAndFuseRequest, protocol.RerankRequest, protocol.ScoreRequest)
 
 
@@ -180,6 +186,11 @@ class Ingress:
         health = Health(status="warming_up" if self.waiting_for else "ready", model=self.args.model_name,
                         ranker=ranker, candidates=list(self.specs), waiting_for=sorted(self.waiting_for))
         return JSONResponse(health.model_dump(), status_code=503 if self.waiting_for else 200)
+
+    @app.get("/", include_in_schema=False)
+    async def playground(self) -> HTMLResponse:
+        """The playground page, loaded without the key (its API calls carry the key the user types)."""
+        return HTMLResponse(PLAYGROUND, headers={"Content-Security-Policy": PLAYGROUND_CSP})
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> JSONResponse:
@@ -261,7 +272,15 @@ class Ingress:
             raise APIError(503, f"all {len(dropped)} candidates failed: {reasons}", code="all_candidates_failed")
         texts = [a["text"][: self.args.limits.max_text_chars] for a in ok]
         question = protocol.urg_question(body.messages, self.args.urg.question_max_chars)
+        if body.stream:
+            return await self._stream_chat(body, question, ok, texts, dropped, answer_tokens)
         fused = await self._fuse(question, texts, body.fuse_top_k, answer_tokens, body.stops)
+        extension, usage = self._fused_answer(ok, texts, dropped, fused)
+        return JSONResponse(protocol.chat_completion(self.args.model_name, fused["text"], extension, usage))
+
+    def _fused_answer(self, ok: list[dict], texts: list[str], dropped: list[dict],
+                      fused: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+        """The `urg` extension and the `usage` of one fused chat answer (and its metrics)."""
         self.metrics.fused(fused, [a["model"] for a in ok])
         extra = [{"latency_s": round(a["latency_s"], 4), "usage": a["usage"]} for a in ok]
         fusion_usage = protocol.usage(fused["prompt_tokens"], fused["completion_tokens"])
@@ -270,16 +289,51 @@ class Ingress:
         counted = [a["usage"] for a in ok]  # what each candidate's engine counted, and URG's own tokenizer
         usage = protocol.usage(fused["prompt_tokens"] + sum(u["prompt_tokens"] for u in counted),
                                fused["completion_tokens"] + sum(u["completion_tokens"] for u in counted))
-        completion = protocol.chat_completion(self.args.model_name, fused["text"], extension, usage)
-        if not body.stream:
-            return JSONResponse(completion)
+        return extension, usage
+
+    async def _stream_chat(self, body: protocol.ChatRequest, question: str, ok: list[dict], texts: list[str],
+                           dropped: list[dict], answer_tokens: int) -> StreamingResponse:
+        """Server-sent chat.completion.chunks as URG decodes: the role, one chunk per piece, a last
+        chunk with finish_reason and the `urg` table, then usage if asked. A failure up to the
+        ranking is an HTTP error; after the first chunk, an `error` event (as vLLM sends) and [DONE].
+        The request keeps its admission slot until the stream ends."""
+        events = self.ranker.options(stream=True).stream_fuse.remote(question, texts, body.fuse_top_k, answer_tokens,
+                                                                    body.stops)
+        await self._call_ranker(events.__anext__())  # {"type": "ranked"}
+        completion = protocol.chat_completion(self.args.model_name, "", {}, None)  # the chunks' id and created
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = [protocol.chunk(completion, {"role": "assistant", "content": fused["text"]}),
-                  protocol.chunk(completion, {}, "stop", urg=extension)]
-        if include_usage:
-            chunks.append(protocol.chunk(completion, None, usage=usage))
-        events = [f"data: {json.dumps(c)}\n\n" for c in chunks]
-        return StreamingResponse(iter([*events, "data: [DONE]\n\n"]), media_type="text/event-stream")
+        finished = False
+
+        def sse(data: dict[str, Any]) -> str:
+            return f"data: {json.dumps(data)}\n\n"
+
+        async def stream():
+            nonlocal finished
+            try:
+                yield sse(protocol.chunk(completion, {"role": "assistant", "content": ""}))
+                timeout = self.args.ranker_timeout_s
+                while (event := await asyncio.wait_for(events.__anext__(), timeout))["type"] == "piece":
+                    yield sse(protocol.chunk(completion, {"content": event["text"]}))
+                finished = True
+                extension, usage = self._fused_answer(ok, texts, dropped, event)
+                extension["stream"] = {key: event[key] for key in ("generated_tokens", "tokens_at_first_piece")}
+                yield sse(protocol.chunk(completion, {}, "stop", urg=extension))
+                if include_usage:
+                    yield sse(protocol.chunk(completion, None, usage=usage))
+            except Exception as err:  # noqa: BLE001 - the status line is sent: report in the stream
+                log.warning("streamed chat answer %s failed after it began: %s", completion["id"], short_reason(err))
+                yield sse({"error": {"message": "the ranker-fuser failed while streaming this answer; the server "
+                                     "log has the details", "type": "server_error", "param": None,
+                                     "code": "stream_failed"}})
+            yield "data: [DONE]\n\n"
+
+        async def release() -> None:  # after the stream, or once the client went away
+            self.in_flight -= 1
+            if not finished:
+                events.cancel()  # the ranker stops generating
+
+        self.in_flight += 1  # held by the stream; the route's own slot ends when this returns
+        return StreamingResponse(stream(), media_type="text/event-stream", background=BackgroundTask(release))
 
     async def _rank_and_fuse(self, request: Request) -> JSONResponse:
         body = await read_body(request, protocol.RankAndFuseRequest, self.args.limits.max_body_bytes)

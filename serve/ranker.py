@@ -1,9 +1,10 @@
 """The URG ranker-fuser deployment: one model per replica, requests batched with `@serve.batch`.
 
-Every answer comes from `URG.rank_and_fuse` (`URG.rank` for the ranking endpoints); this module
-only loads the model, groups the batched requests that share generation settings, and runs the
-model off the event loop so the next batch forms while this one computes. A batch that fails is
-retried item by item, so one bad request fails alone (`fuse_each`).
+Every answer comes from `URG.rank_and_fuse` (`URG.rank` for the ranking endpoints; `URG.stream_fuse`,
+unbatched, for streamed chat answers); this module only loads the model, groups the batched
+requests that share generation settings, and runs the model off the event loop so the next batch
+forms while this one computes. A batch that fails is retried item by item, so one bad request
+fails alone (`fuse_each`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Hashable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, Sequence, TypeVar
 
 from ray import serve
 
@@ -105,6 +106,35 @@ class URGRankerFuser:
         if isinstance(result, Exception):
             raise result
         return result
+
+    async def stream_fuse(self, question: str, candidates: list[str], top_k: int | None = None,
+                          max_new_tokens: int = 64, stop: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """One question's fused answer as URG decodes it (call through `handle.options(stream=True)`),
+        not batched: {"type": "ranked"} once ranked, {"type": "piece", "text"} per piece, then
+        {"type": "done", ...rank_and_fuse's answer, tokens_at_first_piece}. The pieces join to the
+        text rank_and_fuse answers; a failure raises FusionFailed."""
+        try:
+            stream = await asyncio.to_thread(self.urg.stream_fuse, question, candidates, top_k or self.default_top_k,
+                                             max_new_tokens, stop or (), empty_fallback=True)
+        except Exception:  # noqa: BLE001 - this request alone
+            log.exception("ranker-fuser failed to rank one streamed request")
+            raise FusionFailed("the ranker-fuser failed on this request") from None
+        yield {"type": "ranked"}
+        pieces = iter(stream)
+        try:
+            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                yield {"type": "piece", "text": piece}
+        except Exception:  # noqa: BLE001
+            log.exception("ranker-fuser failed while streaming one request")
+            raise FusionFailed("the ranker-fuser failed on this request") from None
+        finally:
+            stream.close()  # a cancelled request (client gone) stops generating
+        result = stream.result
+        prompt = int(self.urg.collator.encode_pairs([question], [candidates]).attention_mask.sum())
+        yield {"type": "done", "text": result.text, "ranks": result.ranks, "scores": result.scores,
+               "selected": result.selected, "note": result.note, "prompt_tokens": prompt,
+               "completion_tokens": len(self.urg.tokenizer(result.text, add_special_tokens=False).input_ids),
+               "generated_tokens": stream.generated_tokens, "tokens_at_first_piece": stream.tokens_at_first_piece}
 
     async def rank(self, question: str, candidates: list[str]) -> dict[str, Any]:
         """One question's ranking, batched with concurrent calls (no generation):

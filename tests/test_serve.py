@@ -269,6 +269,13 @@ def test_stop_is_applied_to_the_fused_text(client, local_urg):
     cut = fused.find("the")
     assert body["choices"][0]["message"]["content"] == (fused if cut < 0 else fused[:cut].strip())
     assert "the" not in body["choices"][0]["message"]["content"]
+    # streamed, the stop string is cut across the pieces the same way
+    with client.stream("POST", "/v1/chat/completions", headers=AUTH,
+                       json={"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 16,
+                             "temperature": 0, "stop": ["the"], "stream": True}) as reply:
+        events = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]
+    streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert streamed == body["choices"][0]["message"]["content"]
 
 
 def test_rank_and_fuse_brings_its_own_candidates(client, local_urg):
@@ -302,10 +309,19 @@ def test_openai_client_gets_a_completion_and_the_same_answer_streamed(base_url):
     assert len(completion.model_extra["urg"]["candidates"]) == 3 and completion.usage.total_tokens > 0
     chunks = list(client.chat.completions.create(model=MODEL, max_tokens=16, temperature=0, stream=True,
                                                  messages=messages, stream_options={"include_usage": True}))
-    content = [c for c in chunks if c.choices and c.choices[0].finish_reason == "stop"]
-    assert len(content) == 1 and content[0].model_extra["urg"]["candidates"]
-    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert streamed == completion.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    pieces = [i for i, c in enumerate(chunks) if c.choices and c.choices[0].delta.content]
+    (last,) = [i for i, c in enumerate(chunks) if c.choices and c.choices[0].finish_reason == "stop"]
+    # token streaming: several content chunks, all before the last one, joined the non-streamed answer
+    assert len(pieces) >= 2 and max(pieces) < last, [c.choices for c in chunks]
+    assert "".join(chunks[i].choices[0].delta.content for i in pieces) == completion.choices[0].message.content
+    table, streamed_table = (
+        [(c["model"], c["text"], c["rank"], c["selected"]) for c in urg["candidates"]]
+        for urg in (completion.model_extra["urg"], chunks[last].model_extra["urg"]))
+    assert streamed_table == table
+    # the first piece left the model after its first tokens, not after the whole answer
+    figures = chunks[last].model_extra["urg"]["stream"]
+    assert figures["tokens_at_first_piece"] < figures["generated_tokens"], figures
     assert chunks[-1].usage.total_tokens == completion.usage.total_tokens
     assert [m.id for m in client.models.list()] == [MODEL]
 
