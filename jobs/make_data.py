@@ -3,18 +3,23 @@
     python jobs/make_data.py                                  # data/synthetic/{train,dev,test}.jsonl
     python jobs/make_data.py --config jobs/configs/study.yaml --set data.n_train=16000
     python jobs/make_data.py --out /tmp/mine --knob off_topic_rate=0.1 --knob tasks=[define,list]
+    python jobs/make_data.py --config jobs/configs/study.yaml --synthetic jobs/configs/study-synthetic.yaml
 
 Sizes, candidates per record and seed come from the config's `data` section (data.n_train,
 n_dev, n_test, n_candidates, seed); the files are its data.train_file, dev_file and test_file,
-or train/dev/test.jsonl in `--out`. Knobs are the fields of `urg_ray.synthetic.SyntheticConfig`.
-Splits use seeds seed, seed+1, seed+2 and share one world.
+or train/dev/test.jsonl in `--out`. Knobs are the fields of `urg_ray.synthetic.SyntheticConfig`,
+from a YAML file (`--synthetic`) and/or `--knob` (which wins). Splits use seeds seed, seed+1,
+seed+2 and share one world. Beside each split, SPLIT.facts.jsonl holds each record's latent facts
+(`urg_ray.synthetic.write_facts`), which `jobs/evaluate.py --bounds` reads.
 Prints, per split, the headroom the data leaves: mean BLEU per model, of the best model, of the
-oracle (best candidate per record), and of an ideal fusion of the true top-3's facts.
+oracle (best candidate per record), of the best candidate without its style, and of an ideal
+fusion of the true top-1 / top-3's correct facts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -27,32 +32,53 @@ from _cli import INPUT_ERRORS, bad_input, job_config, job_parser  # noqa: E402
 
 from urg_ray.data import write_records  # noqa: E402
 from urg_ray.metrics import bleu  # noqa: E402
-from urg_ray.synthetic import MODELS, SyntheticConfig, SyntheticExample, ideal_fusion, make_examples  # noqa: E402
+from urg_ray.synthetic import (MODELS, SyntheticConfig, SyntheticExample, facts_path, ideal_fusion,  # noqa: E402
+                                make_examples, strip_style, write_facts)
+
+KNOBS = {f.name for f in dataclasses.fields(SyntheticConfig)}
+
+
+def typed_knob(key: str, value: Any, where: str) -> Any:
+    """A SyntheticConfig field's value, typed like its default (YAML lists -> tuples, ints -> floats)."""
+    if key not in KNOBS:
+        raise ValueError(f"{where}: unknown knob {key!r}; known: {sorted(KNOBS)}")
+    default = getattr(SyntheticConfig(), key)
+    if isinstance(default, tuple):
+        value = tuple(value) if isinstance(value, list) else (value,)
+    elif isinstance(default, float) and type(value) is int:
+        value = float(value)
+    if type(value) is not type(default):
+        raise ValueError(f"{where}: {key} needs a {type(default).__name__} (default {default!r}), got {value!r}")
+    return value
 
 
 def parse_knobs(items: list[str]) -> dict[str, Any]:
     """`knob=value` pairs -> SyntheticConfig overrides; values parse as YAML, typed like the defaults."""
-    defaults = SyntheticConfig()
-    fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
     knobs: dict[str, Any] = {}
     for item in items:
         key, sep, raw = (part.strip() for part in item.partition("="))
-        if not sep or key not in fields:
-            raise ValueError(f"--knob {item!r}: expected knob=value with knob one of {sorted(fields)}")
-        value, default = yaml.safe_load(raw), getattr(defaults, key)
-        if isinstance(default, tuple):
-            value = tuple(value) if isinstance(value, list) else (value,)
-        elif isinstance(default, float) and type(value) is int:
-            value = float(value)
-        if type(value) is not type(default):
-            raise ValueError(f"--knob {item!r}: {key} needs a {type(default).__name__} (default {default!r})")
-        knobs[key] = value
+        if not sep:
+            raise ValueError(f"--knob {item!r}: expected knob=value with knob one of {sorted(KNOBS)}")
+        knobs[key] = typed_knob(key, yaml.safe_load(raw), f"--knob {item!r}")
     return knobs
 
 
+def knobs_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of SyntheticConfig fields (jobs/configs/study-synthetic.yaml) -> overrides."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of SyntheticConfig fields, got {type(data).__name__}")
+    return {key: typed_knob(key, value, f"{path}: {key}") for key, value in data.items()}
+
+
 def headroom(examples: list[SyntheticExample], top_k: int = 3) -> dict[str, Any]:
-    """Mean sentence BLEU per model, of the best model, of the oracle, and of ideal fusion of the
-    true top-1 / top-k candidates' facts (reference wording, no model style)."""
+    """Mean sentence BLEU per model, of the best model, of the oracle, of the best candidate
+    without its style (`stripped_oracle`), and of ideal fusion of the true top-1 / top-k
+    candidates' correct facts (reference wording, no model style); `max_share`: the mean over
+    records of the largest share of the reference's facts one candidate states correctly."""
     per_model: dict[str, list[float]] = {}
     for ex in examples:
         for cand in ex.record["candidates"]:
@@ -65,13 +91,23 @@ def headroom(examples: list[SyntheticExample], top_k: int = 3) -> dict[str, Any]
     def fused(k: int) -> float:
         return sum(bleu([ideal_fusion(ex, k) for ex in examples], refs)) / len(examples)
 
+    n = [len(ex.record["candidates"]) for ex in examples]
+    stripped = bleu([strip_style(ex, i) for ex in examples for i in range(len(ex.record["candidates"]))],
+                    [ref for ref, k in zip(refs, n) for _ in range(k)])
+    starts = [0, *itertools.accumulate(n)]
+    shares = [max(len(set(facts) & set(ex.reference_facts)) for facts in ex.candidate_facts) / len(ex.reference_facts)
+              for ex in examples]
     return {"per_model": means, "best_model": best, "best_single": means[best],
-            "oracle": sum(oracle) / len(oracle), "ideal_top1": fused(1), "ideal_topk": fused(top_k)}
+            "oracle": sum(oracle) / len(oracle),
+            "stripped_oracle": sum(max(stripped[s:s + k]) for s, k in zip(starts, n)) / len(examples),
+            "ideal_top1": fused(1), "ideal_topk": fused(top_k), "max_share": sum(shares) / len(shares)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser(__doc__.split("\n")[0], default_out=None,
                         out_help="write train/dev/test.jsonl here (default: the config's data.*_file paths)")
+    parser.add_argument("--synthetic", metavar="YAML", help="SyntheticConfig fields from a YAML mapping "
+                        "(e.g. jobs/configs/study-synthetic.yaml)")
     parser.add_argument("--knob", dest="knobs", action="append", default=[], metavar="KNOB=VALUE",
                         help="override a SyntheticConfig field; repeatable")
     args = parser.parse_args(argv)
@@ -79,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         data = job_config(args).data
         if not 1 <= data.n_candidates <= len(MODELS):
             raise ValueError(f"data.n_candidates: {data.n_candidates}, expected 1..{len(MODELS)}")
-        config = SyntheticConfig(**parse_knobs(args.knobs))
+        config = SyntheticConfig(**(knobs_file(args.synthetic) if args.synthetic else {}) | parse_knobs(args.knobs))
     except (*INPUT_ERRORS, ValueError, TypeError) as err:
         return bad_input(err)
 
@@ -92,15 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         examples = make_examples(sizes[split], data.n_candidates, seed=seed, config=config,
                                  id_prefix=f"synthetic/{split}")
         count = write_records(path, [ex.record for ex in examples])
-        print(f"wrote {path}: {count} records x {data.n_candidates} candidates "
-              f"(seed {seed}, {time.perf_counter() - start:.1f}s)")
+        write_facts(facts_path(path), examples)
+        print(f"wrote {path} (and its facts, {facts_path(path)}): {count} records x {data.n_candidates} "
+              f"candidates (seed {seed}, {time.perf_counter() - start:.1f}s)")
         if not examples:
             continue
         h = headroom(examples)
         per_model = ", ".join(f"{m} {v:.1f}" for m, v in h["per_model"].items())
         print(f"  {split} BLEU: per model [{per_model}]; best single {h['best_single']:.1f} ({h['best_model']}); "
-              f"oracle {h['oracle']:.1f}; ideal fusion of true top-3 facts {h['ideal_topk']:.1f} "
-              f"(of top-1 facts {h['ideal_top1']:.1f})")
+              f"oracle {h['oracle']:.1f} (style-stripped {h['stripped_oracle']:.1f}); ideal fusion of true top-3 "
+              f"facts {h['ideal_topk']:.1f} (of top-1 facts {h['ideal_top1']:.1f}); one candidate holds at most "
+              f"{100 * h['max_share']:.0f}% of the reference's facts (mean over records)")
     return 0
 
 

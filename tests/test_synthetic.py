@@ -1,8 +1,10 @@
 import re
 from collections import defaultdict
+from pathlib import Path
 from statistics import mean
 
 import pytest
+import yaml
 
 from urg_ray import synthetic
 from urg_ray.data import Record
@@ -153,3 +155,79 @@ def test_corpus_covers_the_data():
              for w in re.findall(r"[A-Za-z]+", t.lower())]
     assert sum(w in vocab for w in words) / len(words) > 0.995
     assert 300 <= len(vocab) <= 600  # a closed vocabulary of a few hundred words
+
+
+# ---- coverage: the study's setting, where fusion must combine candidates (issue 17) ---------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _study_config() -> synthetic.SyntheticConfig:
+    """The world jobs/study.sh makes its data in (jobs/configs/study-synthetic.yaml)."""
+    return synthetic.SyntheticConfig(**yaml.safe_load((ROOT / "jobs/configs/study-synthetic.yaml").read_text()))
+
+
+def _correct_share(ex: synthetic.SyntheticExample, i: int) -> float:
+    return len(set(ex.candidate_facts[i]) & set(ex.reference_facts)) / len(ex.reference_facts)
+
+
+def test_full_coverage_is_the_default_world_whatever_complementary_says():
+    assert synthetic.make_dataset(20, seed=3) == synthetic.make_dataset(20, seed=3, coverage=1.0, complementary=True)
+    with pytest.raises(ValueError, match="coverage must be > 0"):
+        synthetic.SyntheticConfig(coverage=0.0)
+
+
+def test_in_the_study_world_no_candidate_holds_most_and_combining_is_needed():
+    examples = synthetic.make_examples(200, N_CANDIDATES, seed=2, config=_study_config())
+    refs = [ex.record["output"] for ex in examples]
+    # no single candidate states half of the reference's facts correctly, in any record
+    assert max(_correct_share(ex, i) for ex in examples for i in range(N_CANDIDATES)) < 0.5
+    # ... nor scores like it without its style: the best style-stripped candidate per record
+    stripped = [max(bleu([synthetic.render_reference(ex.task, ex.topics_of(i), ex.candidate_facts[i])
+                          for i in range(N_CANDIDATES)], [ex.record["output"]] * N_CANDIDATES)) for ex in examples]
+    top1 = mean(bleu([synthetic.ideal_fusion(ex, top_k=1) for ex in examples], refs))
+    top3 = mean(bleu([synthetic.ideal_fusion(ex, top_k=3) for ex in examples], refs))
+    assert top3 > 2 * top1 and top3 > mean(stripped) + 25, (top1, top3, mean(stripped))
+    # the default world is the opposite: the true top-1 alone, style-stripped, is near the top-3's union
+    default = synthetic.make_examples(200, N_CANDIDATES, seed=2)
+    default_refs = [ex.record["output"] for ex in default]
+    assert mean(bleu([synthetic.ideal_fusion(ex, top_k=1) for ex in default], default_refs)) > 85
+
+
+def test_complementary_coverage_leaves_fewer_facts_to_nobody():
+    def complete(complementary: bool) -> float:  # records whose 8 candidates together state every fact
+        examples = synthetic.make_examples(300, N_CANDIDATES, seed=4, config=_study_config(),
+                                           complementary=complementary, score=False)
+        return mean(set(ex.reference_facts) <= set().union(*ex.candidate_facts) for ex in examples)
+
+    assert complete(True) > complete(False) + 0.1
+
+
+def test_strip_style_is_the_candidate_without_its_style():
+    # with style_strength=0 a candidate is its sentences alone, so stripping must give back its text
+    examples = synthetic.make_examples(40, N_CANDIDATES, seed=6, style_strength=0.0, score=False)
+    checked = 0
+    for ex in examples:
+        for i, (cand, kind) in enumerate(zip(ex.record["candidates"], ex.kinds)):
+            if kind != "normal" or len(cand["text"].split()) >= 60:
+                continue
+            assert synthetic.strip_style(ex, i) == cand["text"].replace("\n", " ")  # two models join with newlines
+            checked += 1
+    assert checked > 200
+    # off-topic candidates keep their own topics
+    off = [(ex, i) for ex in examples for i, k in enumerate(ex.kinds) if k == "off_topic" and ex.task == "define"]
+    assert off and all(ex.topics_of(i)[0] in synthetic.strip_style(ex, i) for ex, i in off)
+
+
+def test_facts_file_round_trip_and_mismatch(tmp_path):
+    examples = synthetic.make_examples(5, 4, seed=1, config=_study_config(), id_prefix="synthetic/test")
+    path = tmp_path / "test.facts.jsonl"
+    assert synthetic.facts_path(tmp_path / "test.jsonl") == str(path)
+    assert synthetic.write_facts(path, examples) == 5
+    facts = synthetic.read_facts(path)
+    assert [synthetic.attach_facts(ex.record, facts[ex.record["id"]]) for ex in examples] == examples
+    with pytest.raises(ValueError, match="belongs to another data set"):
+        synthetic.attach_facts(examples[0].record, facts[examples[1].record["id"]])
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1].replace('"task": "', '"task": "x') + "\n")
+    with pytest.raises(ValueError, match=r"test.facts.jsonl:2: field 'task'"):
+        synthetic.read_facts(path)

@@ -15,11 +15,19 @@ The generative story, and why each part is there:
   them). Errors are partly shared (``error_correlation``), partly independent, so the union of
   the top-3's facts usually beats the best candidate: fusion can beat the oracle, which
   token-level noise would not allow (it leaves the best of 8 candidates near-perfect).
+* **Coverage** (``coverage``, ``complementary``): by default every candidate answers the whole
+  question. With ``coverage`` < 1 each one states only a share of the reference's facts, and
+  ``complementary`` spreads those shares evenly over the candidates, so that no candidate, even
+  without its style, holds most of the reference and only combining candidates recovers it.
 * **Each model has a style** (opening, fillers, punctuation habit, bullets, sign-off), as real
   LLM answers do, so a ranker can learn who is good at what; ``style_strength=0`` removes it.
 * **Noise**: some candidates are off-topic (``off_topic_rate``) or degenerate into loops,
   refusals or truncation (``degenerate_rate``), so ranking and noise robustness (ERM) matter.
 * ``scores`` come from :func:`urg_ray.metrics.reference_scores` against ``output``.
+
+The latent facts travel beside the records, never in them (:func:`write_facts`): evaluation reads
+them back (:func:`read_facts`, :func:`attach_facts`) for bounds no trained model is needed for,
+the style-stripped candidates (:func:`strip_style`) and ideal fusions (:func:`ideal_fusion`).
 
 All randomness comes from ``random.Random`` instances; no global state is touched.
 """
@@ -27,8 +35,10 @@ All randomness comes from ``random.Random`` instances; no global state is touche
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +135,11 @@ class SyntheticConfig:
     style_strength: float = 1.0  # chance each style element is applied (0 = no style)
     filler_rate: float = 0.3  # chance of a filler word before a non-first sentence
     input_rate: float = 0.2  # questions whose topic goes to ``input``
+    # share of the reference's facts each candidate covers (rounded, at least 1); 1 = all of them
+    coverage: float = 1.0
+    # with coverage < 1: give each candidate the facts the others cover least (ties at random), so
+    # every fact is covered about equally often; else each candidate's share is a random subset
+    complementary: bool = False
     max_words: int = 60  # candidate texts are cut at this many words
     shuffle_candidates: bool = False  # MixInstruct keeps a fixed model order
     world_seed: int = 0  # the world (fact pools); keep it equal across splits
@@ -132,7 +147,7 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         rates = ("error_correlation", "drop_share", "wrong_same_topic", "off_topic_rate", "degenerate_rate",
-                 "style_strength", "filler_rate", "input_rate")
+                 "style_strength", "filler_rate", "input_rate", "coverage")
         bad_rates = [r for r in rates if not 0.0 <= getattr(self, r) <= 1.0]
         checks = [(not bad_rates, f"{', '.join(bad_rates)} must be in [0, 1]"),
                   (self.off_topic_rate + self.degenerate_rate <= 1.0, "off_topic_rate + degenerate_rate > 1"),
@@ -140,7 +155,8 @@ class SyntheticConfig:
                   (3 <= self.n_topics <= len(TOPICS), f"n_topics must be in [3, {len(TOPICS)}]"),
                   (1 <= self.min_facts <= self.max_facts <= self.pool_size <= len(_VERBS),
                    f"need 1 <= min_facts <= max_facts <= pool_size <= {len(_VERBS)}"),
-                  (self.error_scale >= 0 and self.max_words >= 5, "need error_scale >= 0 and max_words >= 5")]
+                  (self.error_scale >= 0 and self.max_words >= 5, "need error_scale >= 0 and max_words >= 5"),
+                  (self.coverage > 0, "coverage must be > 0")]
         problems = [message for ok, message in checks if not ok]
         if problems:
             raise ValueError(f"SyntheticConfig: {'; '.join(problems)}")
@@ -174,6 +190,11 @@ class SyntheticExample:
     reference_facts: tuple[Fact, ...]
     candidate_facts: tuple[tuple[Fact, ...], ...]  # facts each candidate states, right or wrong
     kinds: tuple[str, ...]  # per candidate: "normal", "off_topic" or "degenerate"
+    # per candidate, the topics its template names (an off-topic answer's own); () = ``topics`` for all
+    candidate_topics: tuple[tuple[str, ...], ...] = ()
+
+    def topics_of(self, i: int) -> tuple[str, ...]:
+        return self.candidate_topics[i] if self.candidate_topics else self.topics
 
 
 def _article(word: str) -> str:
@@ -229,8 +250,20 @@ def ideal_fusion(example: SyntheticExample, top_k: int = 3, metric: str = "bleu"
     """
     cands = example.record["candidates"]
     best = sorted(range(len(cands)), key=lambda i: -cands[i]["scores"][metric])[:top_k]
-    stated = {f for i in best for f in example.candidate_facts[i]}
+    return fuse_facts(example, best)
+
+
+def fuse_facts(example: SyntheticExample, indices: Iterable[int]) -> str:
+    """The union of the correct facts that the candidates at ``indices`` state, in reference
+    order and wording: a perfect fusion of exactly those candidates (e.g. a ranker's top-k)."""
+    stated = {f for i in indices for f in example.candidate_facts[i]}
     return render_reference(example.task, example.topics, tuple(f for f in example.reference_facts if f in stated))
+
+
+def strip_style(example: SyntheticExample, i: int) -> str:
+    """Candidate ``i`` without its model's style: the facts it states, right and wrong, in its own
+    order, in the reference's wording (what it says, as the reference would say it)."""
+    return render_reference(example.task, example.topics_of(i), example.candidate_facts[i])
 
 
 def _reference(rng: random.Random, topics: tuple[str, ...], pools: dict[str, tuple[Fact, ...]],
@@ -243,8 +276,10 @@ def _reference(rng: random.Random, topics: tuple[str, ...], pools: dict[str, tup
 
 
 def _model_facts(rng: random.Random, error_rate: float, reference: tuple[Fact, ...], shared: list[float],
-                 pools: dict[str, tuple[Fact, ...]], cfg: SyntheticConfig) -> tuple[Fact, ...]:
-    """The reference with each fact kept, dropped or replaced at the model's error rate."""
+                 pools: dict[str, tuple[Fact, ...]], cfg: SyntheticConfig,
+                 known: tuple[Fact, ...] | None = None) -> tuple[Fact, ...]:
+    """The reference (or the part a candidate covers) with each fact kept, dropped or replaced at
+    the model's error rate; a replacing fact is never one of ``known`` (default: ``reference``)."""
     facts: list[Fact] = []
     for fact, shared_draw in zip(reference, shared):
         draw = shared_draw if rng.random() < cfg.error_correlation else rng.random()
@@ -253,7 +288,7 @@ def _model_facts(rng: random.Random, error_rate: float, reference: tuple[Fact, .
         elif rng.random() >= cfg.drop_share:  # replace it with a plausible wrong fact
             source = fact.subject if rng.random() < cfg.wrong_same_topic else rng.choice(
                 [t for t in pools if t != fact.subject])
-            wrong = [f for f in pools[source] if f not in reference]
+            wrong = [f for f in pools[source] if f not in (known or reference)]
             if wrong:  # (a pool no larger than the answer has nothing wrong to offer)
                 choice = rng.choice(wrong)
                 facts.append(Fact(fact.subject, choice.verb, choice.rest))
@@ -296,19 +331,41 @@ def _assemble(pieces: list[tuple[str, Fact | None]], joiner: str, max_words: int
     return joiner.join(t for t in texts if t), tuple(facts)
 
 
+def _coverage(rng: random.Random, n_facts: int, n_candidates: int, cfg: SyntheticConfig) -> list[tuple[int, ...]]:
+    """Per candidate, the positions of the reference facts it covers (``coverage``, ``complementary``)."""
+    share = max(1, int(cfg.coverage * n_facts + 0.5))
+    if not cfg.complementary:
+        return [tuple(sorted(rng.sample(range(n_facts), share))) for _ in range(n_candidates)]
+    covered_by = [0] * n_facts
+    covers = []
+    for _ in range(n_candidates):
+        least = sorted(range(n_facts), key=lambda p: (covered_by[p], rng.random()))[:share]
+        for p in least:
+            covered_by[p] += 1
+        covers.append(tuple(sorted(least)))
+    return covers
+
+
 def _candidate(rng: random.Random, model: str, task: str, topics: tuple[str, ...], reference: tuple[Fact, ...],
                shared: list[float], pools: dict[str, tuple[Fact, ...]],
-               cfg: SyntheticConfig) -> tuple[str, tuple[Fact, ...], str]:
-    """One model's answer: (text, facts it states, kind)."""
+               cfg: SyntheticConfig, covered: tuple[int, ...] | None = None
+               ) -> tuple[str, tuple[Fact, ...], str, tuple[str, ...]]:
+    """One model's answer: (text, facts it states, kind, topics its template names). ``covered``:
+    the positions of the reference facts it knows (None: all)."""
     rates, style = MODEL_CARDS[model]
     draw = rng.random()
     if draw < cfg.off_topic_rate:
         kind, topics = "off_topic", tuple(rng.sample([t for t in pools if t not in topics], len(topics)))
         facts = _reference(rng, topics, pools, cfg)
+        facts = facts if covered is None else facts[: len(covered)]
     else:
         kind = "degenerate" if draw < cfg.off_topic_rate + cfg.degenerate_rate else "normal"
         error_rate = min(0.95, cfg.error_scale * rates[TASKS.index(task)])
-        facts = _model_facts(rng, error_rate, reference, shared, pools, cfg)
+        if covered is None:
+            facts = _model_facts(rng, error_rate, reference, shared, pools, cfg)
+        else:
+            facts = _model_facts(rng, error_rate, tuple(reference[p] for p in covered), [shared[p] for p in covered],
+                                 pools, cfg, known=reference)
     pieces = _styled(rng, render(task, topics, facts), facts, style, cfg)
     max_words = cfg.max_words
     if kind == "degenerate":
@@ -321,7 +378,7 @@ def _candidate(rng: random.Random, model: str, task: str, topics: tuple[str, ...
         else:  # cut off within its first half
             max_words = rng.randint(3, max(3, sum(len(p[0].split(" ")) for p in pieces) // 2))
     text, stated = _assemble(pieces, style.joiner, max_words)
-    return text, stated, kind
+    return text, stated, kind, topics
 
 
 def _config(config: SyntheticConfig | None, knobs: dict[str, Any]) -> SyntheticConfig:
@@ -352,16 +409,18 @@ def make_examples(n: int, n_candidates: int = 8, seed: int = 0, config: Syntheti
         reference = _reference(rng, topics, pools, cfg)
         shared = [rng.random() for _ in reference]  # error draws common to all models
         order = rng.sample(models, len(models)) if cfg.shuffle_candidates else models
-        answers = [_candidate(rng, m, task, topics, reference, shared, pools, cfg) for m in order]
+        covers = _coverage(rng, len(reference), len(order), cfg) if cfg.coverage < 1 else [None] * len(order)
+        answers = [_candidate(rng, m, task, topics, reference, shared, pools, cfg, covered)
+                   for m, covered in zip(order, covers)]
         record = {
             "id": f"{prefix}/{i}", "instruction": instruction, "input": input_text,
             "output": render_reference(task, topics, reference),
             "candidates": [{"decoding_method": "top_p_sampling", "model": m, "text": text, "scores": {}}
-                           for m, (text, _, _) in zip(order, answers)],
+                           for m, (text, *_) in zip(order, answers)],
             "cmp_results": "null",
         }
-        examples.append(SyntheticExample(record, task, topics, reference,
-                                         tuple(a[1] for a in answers), tuple(a[2] for a in answers)))
+        examples.append(SyntheticExample(record, task, topics, reference, tuple(a[1] for a in answers),
+                                         tuple(a[2] for a in answers), tuple(a[3] for a in answers)))
     if score:  # one batched call: the ROUGE scorer caches each reference's tokens
         cands = [(c, ex.record["output"]) for ex in examples for c in ex.record["candidates"]]
         scores = reference_scores([c["text"] for c, _ in cands], [ref for _, ref in cands], cfg.metrics)
@@ -393,3 +452,88 @@ def corpus(n_records: int = 2000, seed: int = 0, n_candidates: int = len(MODELS)
         yield from (t for t in (rec["instruction"], rec["input"], rec["output"]) if t)
         yield from (c["text"] for c in rec["candidates"])
 
+
+
+# ---- the latent facts beside a data set -----------------------------------------------------------
+def facts_path(records_path: str | os.PathLike) -> str:
+    """Where :func:`write_facts` puts the facts of a records file: ``test.jsonl`` -> ``test.facts.jsonl``."""
+    path = os.fspath(records_path)
+    stem = path[: -len(".jsonl")] if path.endswith(".jsonl") else path
+    return f"{stem}.facts.jsonl"
+
+
+def _fact_list(facts: Iterable[Fact]) -> list[list[str]]:
+    return [[f.subject, f.verb, f.rest] for f in facts]
+
+
+def write_facts(path: str | os.PathLike, examples: Iterable[SyntheticExample]) -> int:
+    """One JSON line per example: its record's id and the latent facts behind it; returns the count."""
+    from urg_ray.durable import atomic_write
+
+    count = 0
+    with atomic_write(path) as f:
+        for ex in examples:
+            line = {"id": ex.record["id"], "task": ex.task, "topics": list(ex.topics),
+                    "reference_facts": _fact_list(ex.reference_facts),
+                    "candidate_facts": [_fact_list(facts) for facts in ex.candidate_facts],
+                    "candidate_topics": [list(ex.topics_of(i)) for i in range(len(ex.candidate_facts))],
+                    "kinds": list(ex.kinds)}
+            f.write(json.dumps(line) + "\n")
+            count += 1
+    return count
+
+
+def read_facts(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """A facts file (:func:`write_facts`) as {record id: its line}; a bad line raises DataError
+    naming ``file:line`` and the field."""
+    from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+    from urg_ray.data import DataError, iter_json
+
+    class FactsLine(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        id: str
+        task: str
+        topics: list[str]
+        reference_facts: list[tuple[str, str, str]]
+        candidate_facts: list[list[tuple[str, str, str]]]
+        candidate_topics: list[list[str]]
+        kinds: list[str]
+
+        @field_validator("task")
+        @classmethod
+        def _known_task(cls, value: str) -> str:
+            if value not in TASKS:
+                raise ValueError(f"unknown task {value!r}; known: {TASKS}")
+            return value
+
+    lines: dict[str, dict[str, Any]] = {}
+    for number, value in iter_json(path):
+        try:
+            line = FactsLine.model_validate(value).model_dump()
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "<line>"
+            raise DataError(f"{path}:{number}: field {field!r}: {first['msg']}") from None
+        if line["id"] in lines:
+            raise DataError(f"{path}:{number}: field 'id': {line['id']!r} appears twice")
+        lines[line["id"]] = line
+    return lines
+
+
+def attach_facts(record: Mapping[str, Any], facts: Mapping[str, Any]) -> SyntheticExample:
+    """The :class:`SyntheticExample` of ``record`` (a dict as ``make_dataset`` writes it, scored)
+    from its line of a facts file; raises ValueError when the two do not belong together."""
+    def as_facts(rows: Sequence[Sequence[str]]) -> tuple[Fact, ...]:
+        return tuple(Fact(*row) for row in rows)
+
+    n = len(record["candidates"])
+    lengths = {len(facts["candidate_facts"]), len(facts["candidate_topics"]), len(facts["kinds"])}
+    example = SyntheticExample(dict(record), facts["task"], tuple(facts["topics"]), as_facts(facts["reference_facts"]),
+                               tuple(as_facts(c) for c in facts["candidate_facts"]), tuple(facts["kinds"]),
+                               tuple(tuple(t) for t in facts["candidate_topics"]))
+    if record["id"] != facts["id"] or lengths != {n} or record["output"] != render_reference(
+            example.task, example.topics, example.reference_facts):
+        raise ValueError(f"record {record['id']!r}: its facts (id {facts['id']!r}) do not render its output with "
+                         f"{n} candidates: the facts file belongs to another data set")
+    return example
