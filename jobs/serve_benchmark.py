@@ -4,11 +4,19 @@
     python jobs/serve_benchmark.py --serve-config serve/app.yaml            # starts Ray + Serve in-process
     python jobs/serve_benchmark.py --serve-config serve/app.yaml --set canned=true   # ensemble path only
     python jobs/serve_benchmark.py --set clients=32 --set requests=512 --set endpoint=rank_and_fuse ...
+    python jobs/serve_benchmark.py --serve-config serve/app.yaml --set canned=true --set chaos=true --out docs/results
 
 Writes DIR/serve_benchmark.json: latency p50/p90/p99/max (s), requests/s, errors (any non-200 or
 transport failure, with samples), and how many answers dropped a candidate. `canned=true`
 replaces every candidate of the Serve config by a canned one of the same name, so the figures
 measure the ingress, the fan-out and the URG ranker-fuser without LLM cost.
+
+`probe=N` first sends N chat requests one at a time once /healthz says ready (is the first as
+fast as the tenth?) and one streamed chat (time to the first fused piece against the whole).
+`chaos=true` (with --serve-config) kills a candidate replica and the URG replica once `chaos_at`
+of the requests were answered, and writes DIR/serve_chaos.{json,md}: non-2xx count, p50/p99,
+recovery (kill -> the last failed request's end) and replacement (kill -> both deployments
+healthy on new replicas).
 """
 
 from __future__ import annotations
@@ -55,6 +63,9 @@ class LoadConfig(BaseModel):
     model: str = "urg-ensemble"
     api_key_env: str = "URG_SERVE_API_KEY"  # sent as Bearer when set
     canned: bool = False  # with --serve-config: canned candidates instead of the configured LLMs
+    probe: int = Field(0, ge=0)  # sequential chats after ready, and one streamed, before the load
+    chaos: bool = False  # with --serve-config: kill a candidate replica and the URG replica mid-run
+    chaos_at: float = Field(0.25, gt=0, lt=1)  # ... once this share of the requests was answered
 
 
 def _body(cfg: LoadConfig, i: int) -> tuple[str, dict[str, Any]]:
@@ -66,7 +77,7 @@ def _body(cfg: LoadConfig, i: int) -> tuple[str, dict[str, Any]]:
     return "/v1/rank_and_fuse", {"inputs": [question], "candidates": [cands], "max_new_tokens": cfg.max_tokens}
 
 
-async def run_load(url: str, cfg: LoadConfig) -> dict[str, Any]:
+async def run_load(url: str, cfg: LoadConfig, app: str = "urg") -> dict[str, Any]:
     import httpx
 
     key = os.environ.get(cfg.api_key_env, "")
@@ -76,6 +87,8 @@ async def run_load(url: str, cfg: LoadConfig) -> dict[str, Any]:
     statuses: dict[str, int] = {}
     errors: list[str] = []
     dropped_answers = 0
+    timeline: list[tuple[float, float, bool]] = []  # measured requests: start, end, 2xx
+    chaos: dict[str, Any] = {}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=cfg.timeout_s, limits=limits) as client:
         async def one(i: int, measured: bool) -> None:
             nonlocal dropped_answers
@@ -93,6 +106,7 @@ async def run_load(url: str, cfg: LoadConfig) -> dict[str, Any]:
             except Exception as err:  # noqa: BLE001 - counted, never fatal
                 status, problem = type(err).__name__, f"{type(err).__name__}: {err}"
             if measured:
+                timeline.append((start, time.perf_counter(), status.startswith("2")))
                 latencies.append(time.perf_counter() - start)
                 statuses[status] = statuses.get(status, 0) + 1
                 if problem:
@@ -105,21 +119,102 @@ async def run_load(url: str, cfg: LoadConfig) -> dict[str, Any]:
             for i in queue:  # a shared iterator: each request is sent exactly once
                 await one(i, True)
 
+        async def kill_when_due() -> None:
+            while len(timeline) < cfg.chaos_at * cfg.requests:
+                await asyncio.sleep(0.05)
+            chaos.update(await asyncio.to_thread(kill_replicas, app))
+            chaos["replaced_s"] = await asyncio.to_thread(wait_replaced, app, chaos)
+
         start = time.perf_counter()
+        killer = asyncio.create_task(kill_when_due()) if cfg.chaos else None
         await asyncio.gather(*(client_loop() for _ in range(cfg.clients)))
         wall = time.perf_counter() - start
+        if killer is not None:
+            await asyncio.wait_for(killer, timeout=600)
     ordered = sorted(latencies)
 
     def pct(p: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 4)
 
+    if cfg.chaos:
+        killed = chaos["killed_at"]
+        failed_after = [end for begin, end, ok in timeline if not ok and end >= killed]
+        chaos = {"killed": chaos["killed"], "killed_after_s": round(killed - start, 3),
+                 "non_2xx": sum(not ok for *_, ok in timeline),
+                 "recovery_s": round(max(failed_after) - killed, 3) if failed_after else 0.0,
+                 "replaced_s": chaos["replaced_s"]}
     return {
+        **({"chaos": chaos} if cfg.chaos else {}),
         "requests": cfg.requests, "clients": cfg.clients, "endpoint": cfg.endpoint, "wall_s": round(wall, 3),
         "requests_per_s": round(cfg.requests / wall, 3), "errors": len(errors), "error_samples": errors[:5],
         "statuses": statuses, "answers_with_dropped_candidates": dropped_answers,
         "latency_s": {"p50": pct(50), "p90": pct(90), "p99": pct(99), "mean": round(statistics.fmean(ordered), 4),
                       "min": round(ordered[0], 4), "max": round(ordered[-1], 4)},
     }
+
+
+def kill_replicas(app: str) -> dict[str, Any]:
+    """ray.kill one candidate replica and the URG replica of `app` (found by Serve's actor names)."""
+    import ray
+
+    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True))
+    candidates = [n for n in names if n.startswith(f"SERVE_REPLICA::{app}#Candidate-")]
+    rankers = [n for n in names if n.startswith(f"SERVE_REPLICA::{app}#URGRankerFuser#")]
+    if not candidates or not rankers:
+        raise RuntimeError(f"no candidate or URG replica of application {app!r} among {names}")
+    victims = [candidates[0], rankers[0]]
+    killed_at = time.perf_counter()
+    for name in victims:
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    print(f"[serve_benchmark] chaos: killed {victims}", flush=True)
+    return {"killed": [v.split("#")[1] for v in victims], "victims": victims, "killed_at": killed_at}
+
+
+def wait_replaced(app: str, chaos: dict[str, Any], deadline_s: float = 300) -> float | None:
+    """Seconds from the kill until each victim's deployment is HEALTHY again on a new replica."""
+    import ray
+    from ray import serve
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+        deployments = serve.status().applications[app].deployments
+        replaced = all(
+            deployments[v.split("#")[1]].status == "HEALTHY" and v not in names
+            and any(n.startswith(v.rsplit("#", 1)[0] + "#") for n in names) for v in chaos["victims"])
+        if replaced:
+            return round(time.perf_counter() - chaos["killed_at"], 3)
+        time.sleep(0.2)
+    return None
+
+
+async def probe(url: str, cfg: LoadConfig, n: int) -> dict[str, Any]:
+    """Right after ready: n sequential chats (seconds each), then one streamed chat's time to its
+    first content chunk and to its end."""
+    import httpx
+
+    key = os.environ.get(cfg.api_key_env, "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    path, body = _body(cfg.model_copy(update={"endpoint": "chat"}), 0)
+    sequential = []
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=cfg.timeout_s) as client:
+        for _ in range(n):
+            start = time.perf_counter()
+            reply = await client.post(path, json=body)
+            sequential.append(round(time.perf_counter() - start, 4))
+            if reply.status_code != 200:
+                raise RuntimeError(f"probe: HTTP {reply.status_code}: {reply.text[:200]}")
+        start, first, pieces = time.perf_counter(), None, 0
+        async with client.stream("POST", path, json={**body, "stream": True}) as reply:
+            async for line in reply.aiter_lines():
+                if line.startswith("data: {") and (json.loads(line[6:]).get("choices") or [{}])[0].get(
+                        "delta", {}).get("content"):
+                    pieces += 1
+                    first = first or time.perf_counter() - start
+        total = time.perf_counter() - start
+    return {"sequential_chat_s": sequential,
+            "streamed_chat": {"first_piece_s": round(first or total, 4), "total_s": round(total, 4),
+                              "content_chunks": pieces}}
 
 
 def _app_args(serve_config: Path, canned: bool) -> dict[str, Any]:
@@ -198,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --url {url}: this load test only targets loopback ({', '.join(sorted(LOOPBACK))})",
                   file=sys.stderr)
             return 2
+    if cfg.chaos and not args.serve_config:
+        print("error: chaos=true needs --serve-config (the job kills replicas of the app it started)", file=sys.stderr)
+        return 2
     try:
+        probed = asyncio.run(probe(url, cfg, cfg.probe)) if cfg.probe else None
         result = asyncio.run(run_load(url, cfg))
     finally:
         if args.serve_config:
@@ -207,18 +306,47 @@ def main(argv: list[str] | None = None) -> int:
 
             serve.shutdown()
             ray.shutdown()
-    result = {"target": args.serve_config or url, "canned_candidates": cfg.canned, "config": cfg.model_dump(),
+    result = {"command": " ".join(["python", "jobs/serve_benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
+              "target": args.serve_config or url, "canned_candidates": cfg.canned, "config": cfg.model_dump(),
               "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                       "load_average_1m_at_end": round(os.getloadavg()[0], 2)}, **result}
+                       "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
+              **({"after_ready": probed} if probed else {}), **result}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "serve_chaos" if cfg.chaos else "serve_benchmark"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if cfg.chaos:
+        (out / "serve_chaos.md").write_text(chaos_markdown(result))
+    if probed:
+        print(f"[serve_benchmark] after ready: sequential chats {probed['sequential_chat_s']} s; streamed: first "
+              f"piece {probed['streamed_chat']['first_piece_s']:.3f} s of {probed['streamed_chat']['total_s']:.3f} s")
     lat = result["latency_s"]
     print(f"[serve_benchmark] {cfg.requests} requests, {cfg.clients} clients: {result['errors']} errors, "
           f"p50 {lat['p50']:.3f} s, p99 {lat['p99']:.3f} s, {result['requests_per_s']:.2f} req/s "
           f"({result['answers_with_dropped_candidates']} answers dropped a candidate)")
-    print(f"[serve_benchmark] wrote {out / 'serve_benchmark.json'}")
+    print(f"[serve_benchmark] wrote {out / f'{name}.json'}")
+    if cfg.chaos:
+        print(f"[serve_benchmark] chaos: {result['chaos']}")
+        return 0  # failures while replicas are replaced are the measurement
     return 0 if result["errors"] == 0 else 1
+
+
+def chaos_markdown(result: dict[str, Any]) -> str:
+    chaos, lat = result["chaos"], result["latency_s"]
+    return "\n".join([
+        "# Serve under chaos: a candidate replica and the URG replica killed mid-run", "",
+        f"`{result['command']}` ({result['host']['cpus']} CPUs, loopback; {result['config']['clients']} clients, "
+        f"{result['requests']} {result['endpoint']} requests, canned candidates: "
+        f"{str(result['canned_candidates']).lower()}).", "",
+        "| killed | after | non-2xx | statuses | answers with a dropped candidate | p50 | p99 | recovery | replaced |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {', '.join(chaos['killed'])} | {chaos['killed_after_s']:.1f} s | {chaos['non_2xx']} | "
+        f"{result['statuses']} | {result['answers_with_dropped_candidates']} | {lat['p50']:.3f} s | "
+        f"{lat['p99']:.3f} s | {chaos['recovery_s']:.1f} s | {chaos['replaced_s']} s |", "",
+        "after: into the measured run; recovery: from the kill to the end of the last request that failed "
+        "(0: none failed after the kill); replaced: until both deployments were HEALTHY on new replicas "
+        "(Serve's controller restarts them). Samples of the failures: " + "; ".join(
+            f"`{e[:120]}`" for e in result["error_samples"][:2]) + ".", ""])
 
 
 if __name__ == "__main__":
