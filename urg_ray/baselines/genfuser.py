@@ -5,7 +5,9 @@ concatenated into ONE sequence, in LLM-Blender's format (blender_utils.GenFuserD
     Candidate 1: <extra_id_1>:{y_2}</s>...</s>Summarize candidates into a better one for the given instruction:
 
 (one line; candidates over `candidate_max_length` tokens are cut and end in "...", the whole
-input is cut at `fusion_max_length` tokens). Unlike URG, which fuses from the encoder states
+input is cut at `fusion_max_length` tokens). Here the Instruction is empty and the Input is the
+record's question (instruction and input joined) in training, on dev, in evaluation and in Serve
+alike: what callers have at fusion time is the question, so training sees the same prompt. Unlike URG, which fuses from the encoder states
 it ranked with, the fuser re-encodes the candidates, and the pipeline runs two models.
 """
 
@@ -38,7 +40,8 @@ def fusion_input(instruction: str, input: str, candidates: Sequence[str]) -> str
 
 class FusionCollator(Collator):
     """One sequence per question: input_ids (B, 1, L), candidate_mask (B, 1). For training,
-    `__call__(records)` fuses each record's true top-k by quality, best first (labels = reference)."""
+    `__call__(records)` fuses each record's true top-k by quality, best first (labels = reference),
+    prompted as `encode_pairs` prompts at fusion time (the record's question as the Input)."""
 
     def __init__(self, tokenizer, top_k: int, candidate_max_length: int, fusion_max_length: int,
                  target_max_length: int, score_keys: Sequence[str] = ("bartscore", "bleu")):
@@ -81,7 +84,7 @@ class FusionCollator(Collator):
             truth[b, : len(q)] = torch.tensor(q)
         top, keep = select_top_k(truth, truth > float("-inf"), self.top_k)
         chosen = [[r.candidates[i].text for i in t[k].tolist()] for r, t, k in zip(records, top, keep)]
-        batch = self.encode_inputs([r.instruction for r in records], [r.input for r in records], chosen)
+        batch = self.encode_pairs([r.question for r in records], chosen)
         batch.labels = self.encode_targets([r.output for r in records])
         batch.quality = truth
         return batch
