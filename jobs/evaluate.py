@@ -7,7 +7,16 @@
 Rows: each candidate model, random and oracle selection, each ranker's top-1 pick (with rank
 correlations), URG fusion, and NAME-Gen for every --ranker: its top-k fused by each --fuser
 (PairRanker-Gen is LLM-Blender). `--robustness` adds URG Table 5 for every URG and fuser given.
-Writes DIR/eval.json, DIR/eval.md, DIR/eval.png (and DIR/robustness.png).
+`--bounds` (synthetic data, with the facts file make_data wrote beside it) adds each URG fusing
+its top-1 alone (NAME (k=1)) and the bound rows of urg_ray.evaluation (style-stripped oracle and
+top-1 of each URG's ranking, ideal fusions). `--paired A=B` adds a paired bootstrap interval of
+row A minus row B. Writes DIR/eval.json, DIR/eval_records.json (per-record scores), DIR/eval.md,
+DIR/eval.png (and DIR/robustness.png).
+
+Runs with different seeds, summarised (mean ± std, pooled and per-run paired intervals):
+
+    python jobs/evaluate.py --summarize docs/results/study/seed0 docs/results/study/seed1 \
+        docs/results/study/seed2 --paired URG=PairRanker-Gen --out docs/results/study
 
 The MixInstruct test split (5,000 records, with cmp_results: a GPT-Rank column) on a GPU, as the papers:
 
@@ -25,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cli import INPUT_ERRORS, bad_input, job_config, job_parser  # noqa: E402
 
 from urg_ray.config import ConfigError  # noqa: E402
-from urg_ray.data import drop_failed, read_records  # noqa: E402
+from urg_ray.data import DataError, drop_failed, read_records  # noqa: E402
 
 METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore")  # urg_ray.evaluation.METRICS
 PAPER_METRICS = ("bertscore", "bartscore", "bleu", "rougeL")  # urg_ray.evaluation.PAPER_METRICS
@@ -40,6 +49,36 @@ def named_path(value: str) -> tuple[str, str]:
     return name, path
 
 
+def planned_rows(named: dict[str, list[tuple[str, str]]], bounds: bool) -> set[str]:
+    """Names of the rows the models given will add (what --paired may name, besides candidate models)."""
+    rows = {"Random"}
+    for name, _ in named["urg"]:
+        rows |= {f"{name}-rank", name} | ({f"{name} (k=1)"} if bounds else set())
+    for ranker, _ in named["ranker"]:
+        rows.add(ranker)
+        rows |= {f"{ranker}-Gen" + (f" ({fuser})" if len(named["fuser"]) > 1 else "") for fuser, _ in named["fuser"]}
+    return rows
+
+
+def summarize(folders: list[str], paired: list[tuple[str, str]], out: str) -> int:
+    import json
+
+    from urg_ray.evaluation import summarize_runs
+    from urg_ray.evaluation_report import write_summary_markdown
+
+    try:
+        runs = [json.loads((Path(f) / "eval.json").read_text()) for f in folders]
+        records = [json.loads((Path(f) / "eval_records.json").read_text()) for f in folders]
+        summary = summarize_runs(runs, records, paired)
+    except (OSError, ValueError, KeyError) as err:
+        return bad_input(ValueError(f"--summarize {' '.join(folders)}: {err!r}"))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "summary.json").write_text(json.dumps(summary | {"runs": folders}, indent=2))
+    (Path(out) / "summary.md").write_text(write_summary_markdown(summary))
+    print(f"[evaluate] wrote {Path(out) / 'summary.json'} and {Path(out) / 'summary.md'} ({len(folders)} runs)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser(__doc__.splitlines()[0], default_out="outputs/eval")
     parser.add_argument("--urg", action="append", default=[], metavar="NAME=FOLDER", help="a URG checkpoint")
@@ -49,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-file", help="default: data.test_file of the config")
     parser.add_argument("--max-records", type=int, default=None)
     parser.add_argument("--robustness", action="store_true", help="URG Table 5 for each URG and fuser")
+    parser.add_argument("--bounds", action="store_true", help="NAME (k=1) for each URG and the bound rows from "
+                        "the synthetic world's latent facts (see --facts)")
+    parser.add_argument("--facts", help="the test file's facts (default: TEST.facts.jsonl beside TEST.jsonl)")
+    parser.add_argument("--paired", action="append", default=[], metavar="A=B",
+                        help="a paired bootstrap interval of row A minus row B (repeatable)")
+    parser.add_argument("--summarize", nargs="+", metavar="FOLDER",
+                        help="summarise these evaluations (one per seed) into OUT/summary.{json,md}; no models")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated (default {','.join(METRICS)}; "
                         f"also bartscore)")
@@ -66,12 +112,25 @@ def main(argv: list[str] | None = None) -> int:
         args.bartscore_model = args.bartscore_model or PAPER_BARTSCORE
         args.bertscore_model = args.bertscore_model or PAPER_BERTSCORE
     try:
+        paired = [named_path(v) for v in args.paired]
+        if args.summarize:
+            if args.urg or args.ranker or args.fuser:
+                raise ValueError("--summarize reads finished evaluations; it takes no --urg, --ranker or --fuser")
+            return summarize(args.summarize, paired, args.out)
         cfg = job_config(args)
         named = {kind: [named_path(v) for v in getattr(args, kind)] for kind in ("urg", "ranker", "fuser")}
         for name, path in [p for group in named.values() for p in group]:
             if not Path(path).is_dir():
                 raise ConfigError(f"{name}={path}: no such folder")
-        records = drop_failed(read_records(args.test_file or cfg.data.test_file))[0][: args.max_records]
+        test_file = args.test_file or cfg.data.test_file
+        records = drop_failed(read_records(test_file))[0][: args.max_records]
+        models = {c.model for r in records for c in r.candidates}
+        for a, b in paired:
+            unknown = [n for n in (a, b) if n not in planned_rows(named, args.bounds) | models]
+            if unknown:
+                raise ValueError(f"--paired {a}={b}: no row {unknown[0]!r} among "
+                                 f"{sorted(planned_rows(named, args.bounds) | models)}")
+        world = load_world(args.facts, test_file, records) if args.bounds else {}
     except (*INPUT_ERRORS, ValueError) as err:
         return bad_input(err)
 
@@ -90,12 +149,17 @@ def main(argv: list[str] | None = None) -> int:
                    bartscore_model=args.bartscore_model or "tiny-bart")
     ev.add_reference_rows()
     generate = {"max_new_tokens": args.max_new_tokens}
-    for name, path in named["urg"]:
+    top_k = 3  # of the ideal fusions: the first URG's k
+    for i, (name, path) in enumerate(named["urg"]):
         model = load_model(path)
+        top_k = model.config.top_k if i == 0 else top_k
         print(f"[evaluate] {name}: ranking and fusing", flush=True)
         ev.add_ranker(f"{name}-rank", model)
         ev.add_fusion(name, ev.fuse_in_batches(
             lambda q, c: [r.text for r in model.rank_and_fuse(q, c, **generate)], ev.candidates))
+        if args.bounds:  # the same model fusing its top-1 alone: does fusing k candidates add anything?
+            ev.add_fusion(f"{name} (k=1)", ev.fuse_in_batches(
+                lambda q, c: [r.text for r in model.rank_and_fuse(q, c, top_k=1, **generate)], ev.candidates))
         if args.robustness:
             ev.add_robustness(name, lambda q, c: model.fuse(q, c, **generate))
     rankers = [(name, load_model(path)) for name, path in named["ranker"]]
@@ -111,9 +175,34 @@ def main(argv: list[str] | None = None) -> int:
                 lambda q, c: [r.text for r in rank_and_fuse(ranker, fuser, q, c, **generate)], ev.candidates))
         if args.robustness:
             ev.add_robustness(name, lambda q, c: fuser.fuse(q, c, **generate))
+    if args.bounds:
+        print("[evaluate] bounds from the latent facts", flush=True)
+        ev.add_bounds(world, top_k=top_k, rankers=[f"{name}-rank" for name, _ in named["urg"]])
+    for a, b in paired:
+        ev.add_paired(a, b)
     for path in ev.write(args.out):
         print(f"[evaluate] wrote {path}")
     return 0
+
+
+def load_world(facts_file: str | None, test_file: str, records) -> dict:
+    """Record id -> SyntheticExample from the facts file beside the test file (make_data writes it)."""
+    from urg_ray.synthetic import attach_facts, facts_path, read_facts
+
+    path = facts_file or facts_path(test_file)
+    if not Path(path).is_file():
+        raise ConfigError(f"--bounds: no facts file {path} (jobs/make_data.py writes it beside the test file; "
+                          f"or give --facts)")
+    facts = read_facts(path)
+    world = {}
+    for r in records:
+        if r.id not in facts:
+            raise DataError(f"{path}: no line for test record {r.id!r} of {test_file}")
+        try:
+            world[r.id] = attach_facts(r.model_dump(), facts[r.id])
+        except ValueError as err:
+            raise DataError(f"{path}: {err}") from None
+    return world
 
 
 if __name__ == "__main__":

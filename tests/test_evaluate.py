@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from statistics import mean
 
 import pytest
 
@@ -168,3 +169,127 @@ def test_paper_columns_gpt_rank_bartscore_and_gen_rows_by_hand():
 
 def test_without_cmp_results_there_is_no_gpt_rank_column():
     assert Evaluator(_records(), score_keys=["bleu"], metric_names=("bleu",)).metric_names == ("bleu",)
+
+
+# ---- bounds from the synthetic world's latent facts, paired bootstrap, seeds (issue 17) -----------
+def _world(n: int = 10, n_candidates: int = 4):
+    from urg_ray import synthetic
+
+    config = synthetic.SyntheticConfig(min_facts=5, max_facts=7, pool_size=12, coverage=0.4, complementary=True)
+    examples = synthetic.make_examples(n, n_candidates, seed=5, config=config, id_prefix="synthetic/test",
+                                       metrics=("bleu", "rouge1"))
+    return examples, [Record.model_validate(ex.record) for ex in examples]
+
+
+class _Fixed:
+    """A ranker whose order is fixed per record: candidate (b + j) % N at place j of the b-th record."""
+
+    def rank(self, questions, candidates):
+        import torch
+
+        from urg_ray.model import RankResult
+        n = len(candidates[0])
+        orders = [[(b + j) % n for j in range(n)] for b in range(len(questions))]
+        scores = torch.tensor([[float(-o.index(i)) for i in range(n)] for o in orders])
+        return RankResult(scores, orders)
+
+
+def test_bound_rows_equal_an_independent_computation():
+    from urg_ray.metrics import bleu
+    from urg_ray.synthetic import ideal_fusion, render_reference
+
+    examples, records = _world()
+    ev = Evaluator(records, score_keys=["bleu"], metric_names=("bleu", "rouge1"))
+    ev.add_ranker("R", _Fixed())
+    ev.add_bounds({ex.record["id"]: ex for ex in examples}, top_k=2, rankers=["R"])
+    rows = {r.name: r for r in ev.rows}
+    assert {r.name for r in ev.rows if r.kind == "bound"} == {
+        "Oracle, style-stripped (bleu)", "R, style-stripped", "Ideal fusion, true top-1", "Ideal fusion, true top-2",
+        "Ideal fusion of R's top-2"}
+    refs = [ex.record["output"] for ex in examples]
+    order = ev.rankings["R"]
+
+    def stripped(ex, i):  # the candidate's facts, right and wrong, in the reference's template
+        return render_reference(ex.task, ex.topics_of(i), ex.candidate_facts[i])
+
+    def correct_of(ex, chosen):  # the reference's facts some chosen candidate states, in reference order
+        return render_reference(ex.task, ex.topics, tuple(
+            f for f in ex.reference_facts if any(f in ex.candidate_facts[i] for i in chosen)))
+
+    oracle = mean(max(bleu([stripped(ex, i) for i in range(4)], [ex.record["output"]] * 4)) for ex in examples)
+    assert rows["Oracle, style-stripped (bleu)"].scores["bleu"] == pytest.approx(oracle)
+    assert rows["R, style-stripped"].scores["bleu"] == pytest.approx(
+        mean(bleu([stripped(ex, o[0]) for ex, o in zip(examples, order)], refs)))
+    for k in (1, 2):
+        assert rows[f"Ideal fusion, true top-{k}"].scores["bleu"] == pytest.approx(
+            mean(bleu([ideal_fusion(ex, top_k=k) for ex in examples], refs)))
+    assert rows["Ideal fusion of R's top-2"].scores["bleu"] == pytest.approx(
+        mean(bleu([correct_of(ex, o[:2]) for ex, o in zip(examples, order)], refs)))
+    assert len(set(map(tuple, order))) > 1  # the fixed ranker's orders differ between records
+    with pytest.raises(ValueError, match="no rank rows named"):
+        ev.add_bounds({ex.record["id"]: ex for ex in examples}, rankers=["nope"])
+    with pytest.raises(ValueError, match="have no latent facts"):
+        ev.add_bounds({})
+
+
+def test_paired_bootstrap_properties_and_a_hand_computed_case():
+    from urg_ray.evaluation import paired_bootstrap
+
+    a = [3.0, 7.5, 1.0, 9.0, 4.0, 0.5]
+    same = paired_bootstrap(a, a)
+    assert (same["mean"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+    shifted = paired_bootstrap([x + 2.5 for x in a], a)
+    assert shifted["low"] == pytest.approx(2.5) and shifted["high"] == pytest.approx(2.5)
+    # differences (0, 1): a resample of two records has mean 0, 1/2 or 1 with chance 1/4, 1/2, 1/4,
+    # so the 95% interval is [0, 1] and the 40% one (quantiles 0.3 and 0.7) is [1/2, 1/2]
+    wide = paired_bootstrap([5.0, 6.0], [5.0, 5.0])
+    assert (wide["mean"], wide["low"], wide["high"]) == (0.5, 0.0, 1.0)
+    narrow = paired_bootstrap([5.0, 6.0], [5.0, 5.0], confidence=0.4)
+    assert (narrow["low"], narrow["high"]) == (0.5, 0.5)
+    noisy = paired_bootstrap([x + 1.0 for x in a], a[::-1])  # unpaired noise: an interval around the mean
+    assert noisy["low"] < noisy["mean"] < noisy["high"]
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap([1.0, 2.0], [1.0])
+
+
+def test_paired_rows_and_per_record_scores_in_the_output(tmp_path):
+    ev = Evaluator(_records(), score_keys=["bleu"], metric_names=("bleu",))
+    ev.add_reference_rows()
+    ev.add_fusion("F", [REF, "the cat sat on a mat", REF])
+    (interval,) = ev.add_paired("F", "m1")
+    per_record = [x["bleu"] - y["bleu"] for x, y in zip(ev.per_record["F"], ev.per_record["m1"])]
+    assert interval["mean"] == pytest.approx(sum(per_record) / 3) and interval["low"] <= interval["high"]
+    ev.write(tmp_path)
+    saved = json.loads((tmp_path / "eval_records.json").read_text())
+    assert saved["ids"] == ["r0", "r1", "r2"]
+    assert saved["rows"]["F"]["bleu"] == [x["bleu"] for x in ev.per_record["F"]]
+    assert "| F − m1 | BLEU |" in (tmp_path / "eval.md").read_text()
+    with pytest.raises(ValueError, match="already in the table"):
+        ev.add_fusion("F", [REF] * 3)
+    with pytest.raises(ValueError, match="no rows named"):
+        ev.add_paired("F", "missing")
+
+
+def test_summary_over_seeds_by_hand():
+    from urg_ray.evaluation import summarize_runs
+    from urg_ray.evaluation_report import write_summary_markdown
+
+    def run(urg: list[float], blender: list[float]):
+        rows = [{"name": n, "kind": "fusion", "scores": {"bleu": sum(v) / len(v)}, "correlation": {}}
+                for n, v in (("URG", urg), ("Blender", blender))]
+        return ({"metrics": ["bleu"], "rows": rows, "robustness": {}},
+                {"ids": ["a", "b", "c"], "rows": {"URG": {"bleu": urg}, "Blender": {"bleu": blender}}})
+
+    runs = [run([10.0, 20.0, 30.0], [9.0, 19.0, 29.0]), run([30.0, 40.0, 50.0], [27.0, 37.0, 47.0])]
+    summary = summarize_runs([r for r, _ in runs], [p for _, p in runs], paired=[("URG", "Blender")])
+    urg = summary["rows"][0]
+    assert urg["n_runs"] == 2 and urg["scores"]["bleu"]["mean"] == pytest.approx(30.0)
+    assert urg["scores"]["bleu"]["std"] == pytest.approx(2 ** 0.5 * 10.0)  # runs at 20 and 40: sample std
+    (pair,) = summary["paired"]
+    assert [(r["low"], r["high"]) for r in pair["per_run"]] == [pytest.approx((1.0, 1.0)), pytest.approx((3.0, 3.0))]
+    assert (pair["pooled"]["low"], pair["pooled"]["high"]) == pytest.approx((2.0, 2.0))  # shifts 1 and 3, averaged
+    assert "| URG − Blender | BLEU | 2 | 2.00 | [2.00, 2.00] |" in write_summary_markdown(summary)
+    other = run([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    other[1]["ids"] = ["a", "b", "x"]
+    with pytest.raises(ValueError, match="other test records"):
+        summarize_runs([runs[0][0], other[0]], [runs[0][1], other[1]])

@@ -1,4 +1,5 @@
-"""Render an evaluation (urg_ray.evaluation.Evaluator.to_json()) as Markdown and PNG charts."""
+"""Render an evaluation (urg_ray.evaluation.Evaluator.to_json()) as Markdown and PNG charts, and a
+summary over seeds (urg_ray.evaluation.summarize_runs) as Markdown."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from pathlib import Path
 LABELS = {"bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum",
           "bertscore": "BERTScore", "bartscore": "BARTScore", "gpt_rank": "GPT-Rank ↓"}
 KIND_TITLES = {"model": "Candidate models", "random": "Selection", "oracle": "Selection", "rank": "Selection",
-               "fusion": "Fusion"}
+               "fusion": "Fusion", "bound": "Bound"}
+BOUNDS_NOTE = ("Bound rows come from the synthetic world's latent facts: a candidate style-stripped is its facts (right "
+               "and wrong) in the reference's wording, without its model's style; an ideal fusion is the correct facts of "
+               "those candidates in the reference's order and wording (it knows the order, which no fuser is shown). "
+               "Fusion combines candidates where a fused row beats the style-stripped oracle and its own k=1 row.")
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -23,8 +28,10 @@ def write_markdown(data: dict) -> str:
              "BLEU is sacrebleu sentence BLEU (0-100); ROUGE F1 and BERTScore F1 (0-1); BARTScore a mean "
              "log-likelihood; GPT-Rank the mean ChatGPT rank (cmp_results) of the picked candidate. Selection rows pick one "
              "candidate per record; Random is its expectation; Oracle (m) picks the best candidate by m. "
-             "Correlations are of a ranker's scores with the ground-truth quality, per record, averaged.", "",
-             head, "|" + "---|" * (len(metric_names) + 5)]
+             "Correlations are of a ranker's scores with the ground-truth quality, per record, averaged.", ""]
+    if any(row["kind"] == "bound" for row in data["rows"]):
+        lines += [BOUNDS_NOTE, ""]
+    lines += [head, "|" + "---|" * (len(metric_names) + 5)]
     for row in data["rows"]:
         corr = row["correlation"]
         cells = [_fmt(m, row["scores"][m]) for m in metric_names]
@@ -40,6 +47,60 @@ def write_markdown(data: dict) -> str:
             lines.append(f"| {name} | top-2 (score) | " + " | ".join(_fmt(m, result["scores"][m]) for m in metric_names) + " |")
             for key in ("delta% top2+worst1", "delta% top2+worst2"):
                 lines.append(f"| {name} | {key.split()[1]} (Δ%) | " + " | ".join(f"{result[key][m]:+.1f}" for m in metric_names) + " |")
+    if data.get("paired"):
+        lines += ["", "## Paired bootstrap intervals", "", _paired_intro(data["paired"][0]), "",
+                  "| A − B | Metric | Mean difference | Interval |", "|---|---|---|---|"]
+        for p in data["paired"]:
+            lines.append(f"| {p['a']} − {p['b']} | {LABELS.get(p['metric'], p['metric'])} | "
+                         f"{_fmt(p['metric'], p['mean'])} | [{_fmt(p['metric'], p['low'])}, {_fmt(p['metric'], p['high'])}] |")
+    return "\n".join(lines) + "\n"
+
+
+def _paired_intro(interval: dict) -> str:
+    return (f"{100 * interval['confidence']:.0f}% percentile intervals of the mean per-record difference, "
+            f"{interval['n_resamples']} resamples of the {interval['n_records']} test records (each record keeps both "
+            f"systems' scores); an interval that excludes 0 says A and B differ on these records.")
+
+
+def _spread(metric: str, value: dict) -> str:
+    mean, std = _fmt(metric, value["mean"]), _fmt(metric, value["std"])
+    return mean if std == "–" else f"{mean} ± {std}"
+
+
+def write_summary_markdown(summary: dict) -> str:
+    """The table of `urg_ray.evaluation.summarize_runs`: mean ± sample std over the runs (seeds)."""
+    metric_names = summary["metrics"]
+    lines = [f"# Summary of {summary['n_runs']} runs (seeds) on the same {summary['n_records']} test records", "",
+             "Each cell: mean ± sample standard deviation over the runs that have the row (Runs); one run: the value "
+             "alone.", "",
+             "| | Row | Runs | " + " | ".join(LABELS.get(m, m) for m in metric_names) + " | Spearman |",
+             "|" + "---|" * (len(metric_names) + 4)]
+    for row in summary["rows"]:
+        spearman = _spread("bleu", row["correlation"]["spearman"]) if "spearman" in row["correlation"] else ""
+        lines.append(f"| {KIND_TITLES[row['kind']]} | {row['name']} | {row['n_runs']} | "
+                     + " | ".join(_spread(m, row["scores"][m]) for m in metric_names) + f" | {spearman} |")
+    if summary["robustness"]:
+        lines += ["", "## Robustness (URG Table 5): fused from the true top-2, then + worst 1 / 2 (Δ%)", "",
+                  "| Fuser | Runs | Input | " + " | ".join(LABELS.get(m, m) for m in metric_names) + " |",
+                  "|" + "---|" * (len(metric_names) + 3)]
+        for name, result in summary["robustness"].items():
+            for key, label in (("scores", "top-2 (score)"), ("delta% top2+worst1", "+worst1 (Δ%)"),
+                               ("delta% top2+worst2", "+worst2 (Δ%)")):
+                cells = [_spread(m, result[key][m]) if key == "scores" else
+                         f"{result[key][m]['mean']:+.1f}" + (f" ± {result[key][m]['std']:.1f}" if result["n_runs"] > 1 else "")
+                         for m in metric_names]
+                lines.append(f"| {name} | {result['n_runs']} | {label} | " + " | ".join(cells) + " |")
+    if summary["paired"]:
+        first = summary["paired"][0]["pooled"]
+        lines += ["", "## Paired bootstrap intervals", "", _paired_intro(first) + " Pooled: the difference averaged "
+                  "over the runs per record, then resampled; it does not include the spread between seeds, which the "
+                  "per-run intervals show.", "",
+                  "| A − B | Metric | Runs | Pooled mean | Pooled interval | Per run: mean [interval] |", "|---|---|---|---|---|---|"]
+        for p in summary["paired"]:
+            m, pooled = p["metric"], p["pooled"]
+            per_run = "; ".join(f"{_fmt(m, r['mean'])} [{_fmt(m, r['low'])}, {_fmt(m, r['high'])}]" for r in p["per_run"])
+            lines.append(f"| {p['a']} − {p['b']} | {LABELS.get(m, m)} | {p['n_runs']} | {_fmt(m, pooled['mean'])} | "
+                         f"[{_fmt(m, pooled['low'])}, {_fmt(m, pooled['high'])}] | {per_run} |")
     return "\n".join(lines) + "\n"
 
 
@@ -51,7 +112,8 @@ def write_charts(data: dict, out: Path) -> list[Path]:
 
     shown = [m for m in ("bleu", "rougeL", "bertscore") if m in data["metrics"]]
     rows = data["rows"]
-    colors = {"model": "#9e9e9e", "random": "#616161", "oracle": "#ffb74d", "rank": "#64b5f6", "fusion": "#2e7d32"}
+    colors = {"model": "#9e9e9e", "random": "#616161", "oracle": "#ffb74d", "rank": "#64b5f6", "fusion": "#2e7d32",
+              "bound": "#ce93d8"}
     fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 0.35 * len(rows) + 1.5), squeeze=False)
     for ax, metric in zip(axes[0], shown):
         values = [r["scores"][metric] for r in rows]
@@ -61,7 +123,7 @@ def write_charts(data: dict, out: Path) -> list[Path]:
         ax.set_title(LABELS[metric])
         for y, v in enumerate(values):
             ax.text(v, y, f" {_fmt(metric, v)}", va="center", fontsize=7)
-    fig.suptitle(f"Candidates (grey), selection (orange: oracle, blue: rankers) and fusion (green), "
+    fig.suptitle(f"Candidates (grey), selection (orange: oracle, blue: rankers), fusion (green), bounds (violet), "
                  f"{data['n_records']} test records", fontsize=10)
     fig.tight_layout()
     paths = [out / "eval.png"]
