@@ -1,0 +1,89 @@
+"""jobs/pipeline.py: stage-by-stage resume with stub stage commands (no Ray, no models)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+import pipeline  # noqa: E402
+from pipeline import Stage, StageFailed, run_stages  # noqa: E402
+
+
+def stub(tmp_path: Path, name: str, fail_flag: Path | None = None) -> Stage:
+    """A stage that appends its name to runs.log and writes NAME.out (fails while `fail_flag` exists)."""
+    out, log = tmp_path / f"{name}.out", tmp_path / "runs.log"
+    code = (f"import pathlib, sys; p = pathlib.Path({str(fail_flag)!r}); "
+            f"sys.exit(3) if {fail_flag is not None} and p.exists() else None; "
+            f"open({str(log)!r}, 'a').write({name!r} + '\\n'); pathlib.Path({str(out)!r}).write_text('x')")
+    return Stage(name, [sys.executable, "-c", code], [], [str(out)])
+
+
+def runs(tmp_path: Path) -> list[str]:
+    log = tmp_path / "runs.log"
+    return log.read_text().split() if log.exists() else []
+
+
+def test_rerun_skips_finished_stages_and_resumes_after_a_failure(tmp_path, capsys):
+    flag = tmp_path / "fail-b"
+    flag.write_text("")
+    stages = [stub(tmp_path, "a"), stub(tmp_path, "b", flag), stub(tmp_path, "c")]
+    with pytest.raises(StageFailed, match=r"stage b failed \(exit 3\)"):
+        run_stages(stages, tmp_path / "stamps")
+    assert runs(tmp_path) == ["a"]
+    flag.unlink()
+    assert run_stages(stages, tmp_path / "stamps") == ["b", "c"]  # a is not run again
+    assert runs(tmp_path) == ["a", "b", "c"]
+    assert run_stages(stages, tmp_path / "stamps") == []  # everything done
+    assert runs(tmp_path) == ["a", "b", "c"]
+
+
+def test_a_missing_output_or_changed_command_reruns_that_stage_and_all_after_it(tmp_path):
+    stages = [stub(tmp_path, "a"), stub(tmp_path, "b"), stub(tmp_path, "c")]
+    run_stages(stages, tmp_path / "stamps")
+    (tmp_path / "b.out").unlink()
+    assert run_stages(stages, tmp_path / "stamps") == ["b", "c"]
+    stages[0].command = [*stages[0].command[:-1], stages[0].command[-1] + " # changed"]
+    assert run_stages(stages, tmp_path / "stamps") == ["a", "b", "c"]
+    assert run_stages(stages, tmp_path / "stamps", redo_from="c") == ["c"]
+
+
+def test_a_failed_stage_names_its_missing_input(tmp_path):
+    stage = Stage("score", [sys.executable, "-c", "pass"], [str(tmp_path / "gen" / "candidates.jsonl")], [])
+    with pytest.raises(StageFailed, match=r"stage score: input .*gen/candidates.jsonl does not exist"):
+        run_stages([stage], tmp_path / "stamps")
+
+
+def test_the_cli_exits_1_naming_the_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pipeline, "stages", lambda cfg, d, c, r: [stub(tmp_path, "a", tmp_path)])  # flag = dir: fails
+    assert pipeline.main(["--config", "jobs/configs/pipeline-smoke.yaml", "--dir", str(tmp_path)]) == 1
+    assert "error: stage a failed (exit 3)" in capsys.readouterr().err
+
+
+def test_the_real_stages_chain_outputs_to_inputs(tmp_path):
+    cfg = yaml.safe_load(Path("jobs/configs/pipeline.yaml").read_text())
+    plan = pipeline.stages(cfg, tmp_path, "jobs/configs/pipeline.yaml", tmp_path / "results")
+    assert [s.name for s in plan] == ["data", "llms", "generate", "score", "split", "train", "evaluate", "report",
+                                      "serve-config"]
+    made: set[str] = set()
+    for s in plan:  # every input is the output of an earlier stage (or a folder holding one)
+        assert all(any(p == o or o.startswith(p + "/") for o in made) for p in s.inputs), s.name
+        made |= set(s.outputs)
+
+
+def test_data_step_writes_prompts_and_a_generate_config_per_llm(tmp_path):
+    cfg = {"seed": 0, "n": {"train": 3, "dev": 2, "test": 2}, "llms": ["tiny-oasst", "tiny-koala"],
+           "generate_config": "jobs/configs/pipeline-generate.yaml"}
+    pipeline.make_data(cfg, tmp_path)
+    prompts = [json.loads(line) for line in (tmp_path / "data" / "prompts.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in prompts] == ["train/0", "train/1", "train/2", "dev/0", "dev/1", "test/0", "test/1"]
+    gen = yaml.safe_load((tmp_path / "generate.yaml").read_text())
+    assert [(m["name"], m["source"], m["chat"]) for m in gen["models"]] == [
+        ("tiny-oasst", str(tmp_path / "llms" / "tiny-oasst"), True), ("tiny-koala", str(tmp_path / "llms" / "tiny-koala"), True)]
+    from urg_ray.generate_config import GenerateConfig
+
+    GenerateConfig.model_validate(gen)  # what jobs/generate.py will load

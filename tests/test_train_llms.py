@@ -1,0 +1,68 @@
+"""urg_ray/train_llms.py: a tiny LLM trained on a card's answers states its topic's facts, a
+random-init one does not (measured on held-out questions); the saved folder is an HF chat model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from urg_ray.train_llms import (PIPELINE_LLMS, LLMTrainConfig, answer_questions, chat_pairs, chat_tokenizer,
+                                encode_pairs, fit_lm, lm_batch, new_model, question_of, save_llm,
+                                topic_fact_recall)
+
+
+def test_pairs_are_the_cards_own_answers():
+    from urg_ray.synthetic import make_examples
+
+    pairs = chat_pairs("koala-7B-HF", 5, seed=3)
+    examples = make_examples(5, n_candidates=2, seed=3, score=False)
+    assert pairs == [(question_of(ex.record), ex.record["candidates"][1]["text"]) for ex in examples]
+    assert examples[0].record["candidates"][1]["model"] == "koala-7B-HF"
+    with pytest.raises(ValueError, match="unknown model card 'gpt-9'"):
+        chat_pairs("gpt-9", 1, seed=0)
+
+
+def test_loss_is_on_the_answer_and_its_eos_only():
+    tok = chat_tokenizer()
+    (ids, start), = encode_pairs(tok, [("What is a kiln?", "A kiln is hot.")], max_length=64)
+    assert tok.decode(ids[:start]).strip() == "user: What is a kiln?\nassistant:"
+    input_ids, mask, labels = lm_batch([(ids, start), (ids[:start + 2], start)], tok.pad_token_id)
+    assert (labels[0, :start] == -100).all() and labels[0, start:].tolist() == ids[start:]
+    assert labels[0, -1].item() == tok.eos_token_id
+    assert mask[1].sum().item() == start + 2 and (labels[1, start + 2:] == -100).all()
+
+
+def test_every_pipeline_llm_is_a_known_card_and_architecture():
+    from urg_ray.synthetic import MODELS
+    from urg_ray.tiny_llms import TINY_MODELS
+
+    assert [llm.card for llm in PIPELINE_LLMS.values()] == list(MODELS[:3])  # make_dataset(n_candidates=3)'s twins
+    assert all(TINY_MODELS[llm.architecture].architecture != "bart" for llm in PIPELINE_LLMS.values())
+
+
+@pytest.mark.slow  # trains a small LLM for ~150 steps on the CPU (no Ray)
+def test_trained_llm_states_its_topics_facts_better_than_random_init(tmp_path):
+    from urg_ray.synthetic import make_examples
+
+    llm = PIPELINE_LLMS["tiny-oasst"]
+    cfg = replace(LLMTrainConfig(), steps=150, batch_size=16, n_questions=1500)
+    tok = chat_tokenizer()
+    encoded = encode_pairs(tok, chat_pairs(llm.card, cfg.n_questions, cfg.question_seed), cfg.max_length)
+    trained = new_model(llm.architecture, tok, seed=0).train()
+    losses = fit_lm(trained, encoded, cfg, tok.pad_token_id)
+    save_llm(trained, tok, llm, cfg, tmp_path / "trained")
+    save_llm(new_model(llm.architecture, tok, seed=0), tok, llm, cfg, tmp_path / "random")
+
+    held_out = make_examples(24, n_candidates=1, seed=7, score=False)  # not the training seed (100)
+    questions = [question_of(ex.record) for ex in held_out]
+    share = {}
+    for name in ("trained", "random"):
+        answers = answer_questions(tmp_path / name, questions, max_new_tokens=64, temperature=0)
+        share[name] = sum(topic_fact_recall(a, ex.topics) for a, ex in zip(answers, held_out)) / len(held_out)
+    assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 2.0
+    assert share["random"] < 0.1 and share["trained"] > share["random"] + 0.2, share
+    files = {p.name for p in (tmp_path / "trained").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= files
+    assert json.loads((tmp_path / "trained" / "URG_RAY_LLM.json").read_text())["llm"]["card"] == llm.card
