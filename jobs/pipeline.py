@@ -166,8 +166,9 @@ def serve_config(cfg: dict, d: Path) -> None:
     app = yaml.safe_load((JOBS.parent / "serve" / "app.yaml").read_text())
     args = app["applications"][0]["args"]
     args["urg"]["model"] = str((d / "train" / "model").resolve())
+    args["urg"]["max_new_tokens"] = 128  # as jobs/evaluate.py fuses
     args["candidates"] = [{"name": n, "kind": "transformers", "model_source": str((d / "llms" / n).resolve()),
-                           "max_tokens": 96} for n in cfg["llms"]]
+                           "max_tokens": 96, "temperature": 1.0} for n in cfg["llms"]]  # as generated for training
     app["applications"][0]["deployments"] = [
         dep for dep in app["applications"][0]["deployments"] if not dep["name"].startswith("Candidate-")
     ] + [{"name": f"Candidate-{n}", "ray_actor_options": {"num_cpus": 0.25}} for n in cfg["llms"]]

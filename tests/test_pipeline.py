@@ -87,3 +87,16 @@ def test_data_step_writes_prompts_and_a_generate_config_per_llm(tmp_path):
     from urg_ray.generate_config import GenerateConfig
 
     GenerateConfig.model_validate(gen)  # what jobs/generate.py will load
+
+
+def test_serve_config_points_at_these_llms_and_this_urg(tmp_path):
+    from serve.app import AppArgs
+
+    pipeline.serve_config({"llms": ["tiny-oasst", "tiny-alpaca"]}, tmp_path)
+    app = yaml.safe_load((tmp_path / "serve.yaml").read_text())["applications"][0]
+    args = AppArgs.model_validate(app["args"])
+    assert args.urg.model == str((tmp_path / "train" / "model").resolve())
+    assert [(c.name, c.source, c.engine) for c in args.candidates] == [
+        (n, str((tmp_path / "llms" / n).resolve()), "transformers") for n in ("tiny-oasst", "tiny-alpaca")]
+    assert sorted(d["name"] for d in app["deployments"] if d["name"].startswith("Candidate-")) == [
+        "Candidate-tiny-alpaca", "Candidate-tiny-oasst"]
