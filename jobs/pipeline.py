@@ -42,6 +42,7 @@ class Stage:
     command: list[str]
     inputs: list[str] = field(default_factory=list)  # files or folders it reads (named when it fails)
     outputs: list[str] = field(default_factory=list)  # what must exist for it to count as done
+    heavy: bool = True  # starts Ray / trains / loads models: run under --wrap (the light steps run bare)
 
 
 class StageFailed(RuntimeError):
@@ -82,7 +83,7 @@ def run_stages(stages: list[Stage], stamps: Path, redo_from: str | None = None, 
             raise StageFailed(f"stage {stage.name}: input {missing[0]} does not exist")
         print(f"[pipeline] {stage.name}: {shlex.join(stage.command)}", flush=True)
         started = time.time()
-        rc = subprocess.call([*wrap, *stage.command])
+        rc = subprocess.call([*wrap, *stage.command] if stage.heavy else stage.command)
         if rc != 0:
             raise StageFailed(f"stage {stage.name} failed (exit {rc}) on input {', '.join(stage.inputs) or '-'}; "
                               f"command: {shlex.join(stage.command)}")
@@ -104,7 +105,7 @@ def stages(cfg: dict, d: Path, config_path: str, results: Path) -> list[Stage]:
     t = cfg["train"]
     split_files = {s: str(scored / f"{s}.jsonl") for s in SPLITS}
     return [
-        Stage("data", [*me, "_data"], [], [str(data / "prompts.jsonl"), str(d / "generate.yaml")]),
+        Stage("data", [*me, "_data"], [], [str(data / "prompts.jsonl"), str(d / "generate.yaml")], heavy=False),
         Stage("llms", [PY, str(JOBS / "train_llms.py"), "--out", str(llms), "--storage-path", str(d / "runs"),
                        "--steps", str(cfg["llm_steps"]), "--eval-questions", str(cfg["llm_eval_questions"]),
                        *[a for n in llm_names for a in ("--llm", n)]],
@@ -115,7 +116,7 @@ def stages(cfg: dict, d: Path, config_path: str, results: Path) -> list[Stage]:
         Stage("score", [PY, str(JOBS / "score.py"), "--set", f"input={gen / 'candidates.jsonl'}",
                         "--out", str(d / "score")],
               [str(gen / "candidates.jsonl")], [str(d / "score" / "candidates.jsonl")]),
-        Stage("split", [*me, "_split"], [str(d / "score" / "candidates.jsonl")], list(split_files.values())),
+        Stage("split", [*me, "_split"], [str(d / "score" / "candidates.jsonl")], list(split_files.values()), heavy=False),
         Stage("train", [PY, str(JOBS / "train.py"), "--config", t["config"], *[a for kv in t.get("set", [])
                         for a in ("--set", kv)],
                         "--set", f"data.train_file={split_files['train']}", "--set", f"data.dev_file={split_files['dev']}",
@@ -126,8 +127,8 @@ def stages(cfg: dict, d: Path, config_path: str, results: Path) -> list[Stage]:
                            "--test-file", split_files["test"], "--out", str(d / "eval")],
               [str(d / "train" / "model"), split_files["test"]], [str(d / "eval" / "eval.json")]),
         Stage("report", [*me, "_report", "--results", str(results)],
-              [str(d / "eval" / "eval.json"), str(llms / "llms_summary.json")], [str(results / "README.md")]),
-        Stage("serve-config", [*me, "_serve_config"], [str(d / "train" / "model")], [str(d / "serve.yaml")]),
+              [str(d / "eval" / "eval.json"), str(llms / "llms_summary.json")], [str(results / "README.md")], heavy=False),
+        Stage("serve-config", [*me, "_serve_config"], [str(d / "train" / "model")], [str(d / "serve.yaml")], heavy=False),
     ]
 
 

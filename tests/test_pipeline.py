@@ -100,3 +100,14 @@ def test_serve_config_points_at_these_llms_and_this_urg(tmp_path):
         (n, str((tmp_path / "llms" / n).resolve()), "transformers") for n in ("tiny-oasst", "tiny-alpaca")]
     assert sorted(d["name"] for d in app["deployments"] if d["name"].startswith("Candidate-")) == [
         "Candidate-tiny-alpaca", "Candidate-tiny-oasst"]
+
+
+def test_wrap_prefixes_heavy_stages_only(tmp_path):
+    log = tmp_path / "wrapped.log"
+    wrap = [sys.executable, "-c", f"import subprocess, sys; open({str(log)!r}, 'a').write(sys.argv[3] + '\\n'); "
+            "sys.exit(subprocess.call(sys.argv[1:]))"]
+    light = stub(tmp_path, "light")
+    light.heavy = False
+    run_stages([stub(tmp_path, "heavy"), light], tmp_path / "stamps", wrap=wrap)
+    assert runs(tmp_path) == ["heavy", "light"]
+    assert len(log.read_text().splitlines()) == 1 and "'heavy'" in log.read_text()
