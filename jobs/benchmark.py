@@ -22,13 +22,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure this checkout, not an installed copy
 from _cli import INPUT_ERRORS, bad_input, job_parser  # noqa: E402
 
-from urg_ray.benchmarking import make_inputs, matmul_tflops, slope, timed  # noqa: E402
+from urg_ray.benchmarking import make_inputs, matmul_tflops, profile_table, slope, t5_rank_flops, timed  # noqa: E402
 from urg_ray.config import load_config  # noqa: E402
 
 
@@ -54,8 +54,21 @@ class BenchmarkConfig(BaseModel):
     top_k: int = Field(3, ge=1)
     max_new_tokens: int = Field(64, ge=1)  # forced: min_new_tokens = max_new_tokens for both systems
     seed: int = 0
+    warmup: bool = True  # False: no warm-up calls at all (paper scale on a CPU: one call takes minutes)
+    fuse_pipelines: list[str] | None = None  # rank+fuse pipelines to time (None: all); a missing
+    # PairRanker-full+GenFuser is estimated as its two parts' times (PairRanker-full ranking + GenFuser-only)
+    profile: bool = False  # one URG.rank call under torch.profiler: where its time goes
+
+    @field_validator("fuse_pipelines")
+    @classmethod
+    def _known_pipelines(cls, value):
+        unknown = sorted(set(value or ()) - set(FUSE_PIPELINES))
+        if unknown or value == []:
+            raise ValueError(f"unknown {unknown}; choose from {list(FUSE_PIPELINES)}" if unknown else "empty")
+        return value
 
 
+FUSE_PIPELINES = ("URG", "PairRanker-full+GenFuser", "PairRanker-bubble+GenFuser", "GenFuser-only")
 MODES = {  # --quick / --paper-scale: overrides applied before the config file and --set
     "quick": ["n_candidates=[4, 8]", "batch_sizes=[2]", "repeats=1", "budget_s=1", "retries=0", "fuse_n=4",
               "max_new_tokens=4"],
@@ -123,14 +136,18 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
             warmup = {}
             for name in methods:  # skip the warm-up where one call is long (extrapolated: pairs grow as N^2)
                 last_n, last_s = previous.get(name, (n, 0.0))
-                warmup[name] = last_s * (n / last_n) ** (2 if name == "PairRanker-full" else 1) <= cfg.warmup_below_s
+                warmup[name] = cfg.warmup and \
+                    last_s * (n / last_n) ** (2 if name == "PairRanker-full" else 1) <= cfg.warmup_below_s
             results = timed({name: (lambda fn=fn: fn(questions, candidates)) for name, fn in methods.items()},
                             cfg.repeats, cfg.budget_s, warmup, sync, cfg.max_other_load, cfg.retries)
+            urg_flops = rank_flops(urg, questions, candidates)
             for name, result in results.items():
                 previous[name] = (n, result["min_s"])
                 row = {"method": name, "batch_size": b, "n": n, "params": method_params[name], **result,
                        "samples_per_s": b / result["min_s"],
                        "norm_size_samples_per_s": b / result["min_s"] * method_params[name] / 1e9, **lengths}
+                if name == "URG" and urg_flops is not None:
+                    row |= {"flops": urg_flops, "tflops_per_s": urg_flops / result["min_s"] / 1e12}
                 ranking.append(row)
                 log(f"[benchmark] rank B={b} N={n:>2} {name:<18} {row['samples_per_s']:9.2f} samples/s "
                     f"({result['min_s'] * 1e3:.1f} ms, {len(result['times_s'])} runs, "
@@ -139,6 +156,10 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
     # rank + fuse: URG (one model, encoder states reused) vs PairRanker + GenFuser (two models)
     b = cfg.batch_sizes[0]
     questions, candidates = make_inputs(b, cfg.fuse_n, cfg.seed)
+    profiled = None
+    if cfg.profile:
+        log(f"[benchmark] profiling one URG.rank call, B={b} N={cfg.fuse_n}")
+        profiled = profile_table(lambda: urg.rank(questions, candidates))
     greedy = dict(top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.max_new_tokens,
                   do_sample=False, num_beams=1)
     fuse_methods = {
@@ -150,8 +171,9 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
                                             max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.max_new_tokens,
                                             do_sample=False, num_beams=1),
     }
+    fuse_methods = {k: v for k, v in fuse_methods.items() if k in (cfg.fuse_pipelines or FUSE_PIPELINES)}
     fusion = []
-    results = timed(fuse_methods, cfg.repeats, cfg.budget_s, dict.fromkeys(fuse_methods, True), sync,
+    results = timed(fuse_methods, cfg.repeats, cfg.budget_s, dict.fromkeys(fuse_methods, cfg.warmup), sync,
                     cfg.max_other_load, cfg.retries)
     for name, result in results.items():
         fusion.append({"method": name, "batch_size": b, "n": cfg.fuse_n, "top_k": cfg.top_k,
@@ -161,7 +183,17 @@ def run(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
     environment["loadavg_at_end"] = os.getloadavg()
     return {"config": cfg.model_dump(), "environment": environment, "params": params,
             "params_ratio_to_urg": {k: round(v / params["URG"], 3) for k, v in params.items()},
-            "ranking": ranking, "rank_and_fuse": fusion, "summary": summarize(cfg, ranking, fusion)}
+            "ranking": ranking, "rank_and_fuse": fusion, "urg_rank_profile": profiled,
+            "summary": summarize(cfg, ranking, fusion, environment["matmul_2048_tflops"])}
+
+
+def rank_flops(urg, questions, candidates) -> float | None:
+    """FLOPs of urg.rank on these inputs, from the pairs' token counts (T5 models only)."""
+    if urg.model.config.model_type != "t5":
+        return None
+    batch = urg.collator.encode_pairs(questions, candidates)
+    lengths = batch.attention_mask.sum(-1)
+    return t5_rank_flops(urg.model.config, [lengths[i][batch.candidate_mask[i]].tolist() for i in range(len(questions))])
 
 
 class PairRankerView:
@@ -174,8 +206,9 @@ class PairRankerView:
         return self.ranker.rank(questions, candidates, aggregation=self.aggregation)
 
 
-def summarize(cfg: BenchmarkConfig, ranking: list[dict], fusion: list[dict]) -> dict:
-    """Ratios at N=12 (or the N nearest it), URG's log-log slope from N=8 to 32, targets."""
+def summarize(cfg: BenchmarkConfig, ranking: list[dict], fusion: list[dict], peak_tflops: float | None = None) -> dict:
+    """Ratios at N=12 (or the N nearest it), URG's log-log slope from N=8 to 32, targets, and
+    URG ranking's achieved FLOP/s as a share of the measured matmul peak."""
     b = cfg.batch_sizes[0]
     at = {(r["method"], r["n"]): r["min_s"] for r in ranking if r["batch_size"] == b}
     n_ref = min(cfg.n_candidates, key=lambda n: abs(n - 12))
@@ -184,7 +217,13 @@ def summarize(cfg: BenchmarkConfig, ranking: list[dict], fusion: list[dict]) -> 
     urg_slope = slope(urg_ns, [at[("URG", n)] for n in urg_ns]) if len(urg_ns) >= 2 else None
     slopes = {m: round(slope(urg_ns, [at[(m, n)] for n in urg_ns]), 3) for m, _ in set(at)} if urg_ns[1:] else {}
     fuse = {r["method"]: r["min_s"] for r in fusion}
-    fuse_speedup = fuse["PairRanker-full+GenFuser"] / fuse["URG"]
+    estimated = []
+    if "PairRanker-full+GenFuser" not in fuse and "GenFuser-only" in fuse and \
+            ("PairRanker-full", cfg.fuse_n) in at:  # the pipeline's two parts, timed separately
+        fuse["PairRanker-full+GenFuser"] = at[("PairRanker-full", cfg.fuse_n)] + fuse["GenFuser-only"]
+        estimated.append("PairRanker-full+GenFuser")
+    fuse_speedup = fuse["PairRanker-full+GenFuser"] / fuse["URG"] if "URG" in fuse and \
+        "PairRanker-full+GenFuser" in fuse else None
     measured = {
         "urg_over_pairranker_full_at_12": speedup.get("PairRanker-full"),
         "urg_over_pairranker_bubble_at_12": speedup.get("PairRanker-bubble"),
@@ -200,8 +239,19 @@ def summarize(cfg: BenchmarkConfig, ranking: list[dict], fusion: list[dict]) -> 
                         "target": f"<= {goal}" if key == "urg_slope_8_to_32" else f">= {round(goal, 3)}", "met": met}
     return {"batch_size": b, "n_ref": n_ref, "urg_speedup_at_n_ref": {k: round(v, 3) for k, v in speedup.items()},
             "loglog_slope_8_to_32": slopes,
-            "rank_fuse_speedup": {k: round(v / fuse["URG"], 3) for k, v in fuse.items() if k != "URG"},
+            "rank_fuse_speedup": {k: round(v / fuse["URG"], 3) for k, v in fuse.items() if k != "URG"}
+            if "URG" in fuse else {},
+            "rank_fuse_estimated": {k: round(fuse[k], 3) for k in estimated},
+            "urg_flops_at_n_ref": flops_share(ranking, b, n_ref, peak_tflops),
             "targets": targets}
+
+
+def flops_share(ranking: list[dict], b: int, n: int, peak_tflops: float | None) -> dict | None:
+    row = next((r for r in ranking if r["method"] == "URG" and r["batch_size"] == b and r["n"] == n and "flops" in r), None)
+    if row is None:
+        return None
+    return {"flops": row["flops"], "tflops_per_s": round(row["tflops_per_s"], 4), "matmul_peak_tflops": peak_tflops,
+            "share_of_peak": round(row["tflops_per_s"] / peak_tflops, 4) if peak_tflops else None}
 
 
 # ---- outputs --------------------------------------------------------------------------------
@@ -250,6 +300,18 @@ def markdown(report: dict) -> str:
     for r in fuse:
         ratio = summary["rank_fuse_speedup"].get(r["method"])
         lines.append(f"| {r['method']} | {r['min_s'] * 1e3:.1f} | {'' if ratio is None else f'{ratio:.2f}x'} |")
+    for name, seconds in summary.get("rank_fuse_estimated", {}).items():
+        lines.append(f"| {name} (sum of its parts' times, not run as one) | {seconds * 1e3:.1f} | "
+                     f"{summary['rank_fuse_speedup'][name]:.2f}x |")
+    share = summary.get("urg_flops_at_n_ref")
+    if share:
+        lines += ["", f"URG ranking at B={summary['batch_size']}, N={summary['n_ref']}: {share['flops'] / 1e12:.3g} TFLOP "
+                  f"per batch (pairs at their token counts, padding not counted), {share['tflops_per_s']:.3f} TFLOP/s "
+                  f"achieved = {share['share_of_peak']:.0%} of the 2048² matmul peak ({share['matmul_peak_tflops']} TFLOP/s)."]
+    if report.get("urg_rank_profile"):
+        lines += ["", "One URG.rank call under torch.profiler (self CPU time by op):", "",
+                  "| op | calls | self s | share |", "|---|---:|---:|---:|",
+                  *[f"| `{p['op']}` | {p['calls']} | {p['self_s']:.2f} | {p['share']:.1%} |" for p in report["urg_rank_profile"]]]
     lines += ["", f"## Targets (issue #4), at N={summary['n_ref']}", "", "| target | measured | goal | met |",
               "|---|---:|---:|:---:|"]
     for key, t in summary["targets"].items():

@@ -99,3 +99,60 @@ def test_overhead_unknown_pair_fails_before_anything_runs(bench_job, tmp_path, c
     assert bench_job.main(["overhead", "--pairs", "training,nope", "--out", str(tmp_path)]) == 2
     assert "nope" in capsys.readouterr().err
     assert not (tmp_path / "performance.json").exists()
+
+
+# ---- achieved FLOP/s: the count behind "share of the matmul peak" ----------------------------
+def _tiny_t5_config():
+    from transformers import T5Config
+
+    return T5Config(d_model=4, num_heads=2, d_kv=2, d_ff=8, num_layers=1, num_decoder_layers=1,
+                    feed_forward_proj="gated-gelu", vocab_size=32)
+
+
+def test_t5_rank_flops_match_a_hand_count():
+    from urg_ray.benchmarking import t5_rank_flops
+
+    # one question, pairs of 3 and 5 tokens; inner = 2 heads x 2 = 4, multiply-adds:
+    # encoder per token: q,k,v,o 4*4*4 = 64 + gated FFN 3*4*8 = 96 -> 160 x 8 tokens = 1280;
+    #   scores + weighted values 2*L*L*4: 72 (L=3) + 200 (L=5) -> encoder 1552
+    # decoder step: self q,k,v,o 64 + cross q,o 32 + cross k,v over 8 states 2*8*16 = 256
+    #   + cross scores/values 2*8*4 = 64 + FFN 96 -> 512;  total 2064 multiply-adds = 4128 FLOPs
+    assert t5_rank_flops(_tiny_t5_config(), [[3, 5]]) == 4128
+    # two questions: the sum of each counted alone (no cross-question attention)
+    assert t5_rank_flops(_tiny_t5_config(), [[3, 5], [4]]) == 4128 + t5_rank_flops(_tiny_t5_config(), [[4]])
+
+
+def test_t5_encoder_flops_agree_with_torch_flop_counter():
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import T5EncoderModel
+
+    from urg_ray.benchmarking import t5_rank_flops
+
+    config = _tiny_t5_config()
+    config.d_model, config.d_ff, config.num_layers = 16, 32, 2
+    config._attn_implementation = "eager"  # scores as matmuls the counter sees
+    model = T5EncoderModel(config).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(input_ids=torch.ones(1, 7, dtype=torch.long))
+    config.num_decoder_layers = 0  # encoder only: what the counter saw
+    assert t5_rank_flops(config, [[7]]) == counter.get_total_flops()
+
+
+def test_unknown_fuse_pipeline_fails_before_anything_runs(bench_job, tmp_path, capsys):
+    assert bench_job.main(["--set", "fuse_pipelines=[URG, PairRanker+GenFuser]", "--out", str(tmp_path)]) == 2
+    assert "PairRanker+GenFuser" in capsys.readouterr().err
+
+
+def test_full_pipeline_not_run_is_estimated_from_its_parts(bench_job):
+    cfg = bench_job.BenchmarkConfig(batch_sizes=[8], n_candidates=[12], fuse_pipelines=["URG", "GenFuser-only"])
+    ranking = [{"method": m, "batch_size": 8, "n": 12, "min_s": s} for m, s in
+               [("URG", 2.0), ("PairRanker-full", 30.0), ("PairRanker-bubble", 5.0)]]
+    ranking[0] |= {"flops": 4e12, "tflops_per_s": 2.0}
+    fusion = [{"method": "URG", "min_s": 10.0}, {"method": "GenFuser-only", "min_s": 20.0}]
+    summary = bench_job.summarize(cfg, ranking, fusion, peak_tflops=4.0)
+    assert summary["rank_fuse_estimated"] == {"PairRanker-full+GenFuser": 50.0}  # 30 s ranking + 20 s fusing
+    assert summary["rank_fuse_speedup"]["PairRanker-full+GenFuser"] == 5.0
+    assert summary["targets"]["rank_fuse_speedup"]["value"] == 5.0
+    assert summary["urg_flops_at_n_ref"]["share_of_peak"] == 0.5  # 2 of 4 TFLOP/s
