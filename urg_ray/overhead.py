@@ -278,7 +278,7 @@ def _bare_vllm_child(cfg_json: str, queue) -> None:
     queue.put(bare_vllm(GenerateConfig.model_validate_json(cfg_json)))
 
 
-def generation_pair(n_prompts: int = 64, model: str = "tiny-llama-a") -> dict[str, Any]:
+def generation_pair(n_prompts: int = 256, model: str = "tiny-llama-a") -> dict[str, Any]:
     """The bare engine runs in a child process, so no vLLM state is left in the driver when Ray starts."""
     import multiprocessing
 
