@@ -211,6 +211,8 @@ def write_report(cfg: dict, d: Path, results: Path) -> None:
     lines += ["", "## The candidate LLMs (jobs/train_llms.py), on held-out synthetic questions", "",
               "Sampled at temperature 1 with transformers; BLEU per task. Full: [llms.md](llms.md).", "",
               (d / "llms" / "llms.md").read_text(), "", "Training: " + json.dumps(llms.get("config", {})), ""]
+    if (results / "notes.md").is_file():
+        lines += ["Notes on what the LLMs and this run show: [notes.md](notes.md).", ""]
     stamps = {p.stem: json.loads(p.read_text()).get("wall_s") for p in sorted((d / "stamps").glob("*.json"))}
     lines += ["Wall time per stage (s, this run): " + json.dumps(stamps), ""]
     (results / "README.md").write_text("\n".join(lines))
