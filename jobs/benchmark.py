@@ -428,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["overhead"]:
         return overhead_main(argv[1:])
     parser = job_parser(__doc__.splitlines()[0], default_out="outputs/benchmark")
+    parser.epilog = "benchmark.py overhead --help: each Ray layer against its bare engine (docs/results/performance.md)"
     parser.add_argument("--quick", action="store_true", help="N in {4, 8}, B=2, one run per point (tests)")
     parser.add_argument("--paper-scale", action="store_true",
                         help="random-init flan-t5-large URG vs deberta-v3-large rankers, B in {8,16,32}, N=12, bf16")
