@@ -188,8 +188,8 @@ def write_report(cfg: dict, d: Path, results: Path) -> None:
     per_record = json.loads((d / "eval" / "eval_records.json").read_text())["rows"]
     metrics = [m for m in evaluation["metrics"] if m != "gpt_rank"]
     rows = {r["name"]: r for r in evaluation["rows"]}
-    members = [n for n in cfg["llms"] if n in rows]
-    best = max(members, key=lambda n: rows[n]["metrics"]["bleu"])
+    members = [n for n in cfg["llms"] if n in per_record]  # models that answered every test question
+    best = max(members, key=lambda n: rows[n]["scores"]["bleu"])
     results.mkdir(parents=True, exist_ok=True)
     for name in ("eval.json", "eval.md"):
         shutil.copy(d / "eval" / name, results / name)
@@ -198,7 +198,7 @@ def write_report(cfg: dict, d: Path, results: Path) -> None:
              f"{evaluation['n_records']} held-out test questions; candidates sampled by the trained tiny LLMs on "
              "vLLM (ray.data.llm), URG trained on their scored train-split answers. Full table: [eval.md](eval.md).", "",
              "| row | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    lines += [f"| {name} | " + " | ".join(f"{r['metrics'][m]:.4g}" for m in metrics) + " |" for name, r in rows.items()]
+    lines += [f"| {name} | " + " | ".join(f"{r['scores'][m]:.4g}" for m in metrics) + " |" for name, r in rows.items()]
     lines += ["", f"## Does the ensemble beat its best member ({best}, by test BLEU)?", "",
               "Paired bootstrap (10,000 resamples of the test questions, 95%) of row minus best member:", "",
               "| row | metric | mean difference | 95% interval |", "|---|---|---|---|"]

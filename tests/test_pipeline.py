@@ -111,3 +111,20 @@ def test_wrap_prefixes_heavy_stages_only(tmp_path):
     run_stages([stub(tmp_path, "heavy"), light], tmp_path / "stamps", wrap=wrap)
     assert runs(tmp_path) == ["heavy", "light"]
     assert len(log.read_text().splitlines()) == 1 and "'heavy'" in log.read_text()
+
+
+def test_report_compares_urg_with_its_best_member_by_a_paired_bootstrap(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "llms").mkdir()
+    per = {"a": [10.0, 20.0, 30.0, 40.0], "b": [0.0, 0.0, 0.0, 0.0], "URG": [12.0, 22.0, 32.0, 42.0]}
+    rows = [{"name": n, "kind": "model", "scores": {"bleu": sum(v) / 4}, "correlation": {}} for n, v in per.items()]
+    (tmp_path / "eval" / "eval.json").write_text(json.dumps({"n_records": 4, "metrics": ["bleu"], "rows": rows}))
+    (tmp_path / "eval" / "eval_records.json").write_text(json.dumps({"ids": list("wxyz"),
+                                                                     "rows": {n: {"bleu": v} for n, v in per.items()}}))
+    (tmp_path / "eval" / "eval.md").write_text("table")
+    (tmp_path / "llms" / "llms.md").write_text("| LLM |\n")
+    (tmp_path / "llms" / "llms_summary.json").write_text("{}")
+    pipeline.write_report({"llms": ["a", "b"]}, tmp_path, tmp_path / "results")
+    text = (tmp_path / "results" / "README.md").read_text()
+    assert "best member (a, by test BLEU)" in text
+    assert "| URG | bleu | +2 | [+2, +2] |" in text  # every record 2 better: the interval is a point
