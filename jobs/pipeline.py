@@ -148,7 +148,7 @@ def make_data(cfg: dict, d: Path) -> None:
         f.writelines(json.dumps(p) + "\n" for p in prompts)
     gen = yaml.safe_load(Path(cfg["generate_config"]).read_text())
     template = gen.pop("model_template")
-    gen["models"] = [{**template, "name": n, "source": str(d / "llms" / n)} for n in cfg["llms"]]
+    gen["models"] = [{**template, "name": n, "source": str((d / "llms" / n).resolve())} for n in cfg["llms"]]  # Ray workers may not share our cwd
     (d / "generate.yaml").write_text(yaml.safe_dump(gen, sort_keys=False))
 
 
