@@ -265,7 +265,8 @@ def markdown(report: dict) -> str:
         f"2048² matmul peak {env['matmul_2048_tflops']} TFLOP/s. Presets: URG `{cfg['urg_preset']}`, rankers "
         f"`{cfg['ranker_preset']}`, GenFuser `{cfg['fuser_preset']}`{' (random init)' if cfg['random_init'] else ''}. "
         "Synthetic MixInstruct texts (urg_ray.synthetic). Times are the min over the timed calls "
-        "(median in benchmark.json), under torch.no_grad after a warm-up, tokenization included; a call "
+        f"(median in benchmark.json), under torch.no_grad{' after a warm-up' if cfg.get('warmup', True) else ', no warm-up'}, "
+        "tokenization included; a call "
         f"during which other processes used over {cfg['max_other_load']:.0%} of the machine's CPU was re-run "
         f"(up to {cfg['retries']} times; counts in benchmark.json).", "",
         "| model | parameters | vs URG |", "|---|---:|---:|",
