@@ -122,6 +122,8 @@ ERRORS = {status: {"model": protocol.ErrorResponse, "description": why} for stat
 PLAYGROUND = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
 PLAYGROUND_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
                   "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+STREAMED = {200: {"description": "a chat.completion; with `stream: true`, server-sent chat.completion.chunk events",
+                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 BODY_MODELS = (protocol.ChatRequest, protocol.RankAndFuseRequest, protocol.RerankRequest, protocol.ScoreRequest)
 
 
@@ -214,7 +216,7 @@ class Ingress:
                 "candidates": list(self.specs)}
         return JSONResponse({"object": "list", "data": [card]})
 
-    @app.post("/v1/chat/completions", responses=ERRORS, openapi_extra=_json_body(protocol.ChatRequest))
+    @app.post("/v1/chat/completions", responses={**ERRORS, **STREAMED}, openapi_extra=_json_body(protocol.ChatRequest))
     async def chat_completions(self, request: Request):
         check_bearer(request, self.token)
         async with self._admitted():
@@ -299,7 +301,11 @@ class Ingress:
         The request keeps its admission slot until the stream ends."""
         events = self.ranker.options(stream=True).stream_fuse.remote(question, texts, body.fuse_top_k, answer_tokens,
                                                                     body.stops)
-        await self._call_ranker(events.__anext__())  # {"type": "ranked"}
+        try:
+            await self._call_ranker(events.__anext__())  # {"type": "ranked"}
+        except APIError:
+            events.cancel()  # e.g. timed out: the ranker stops too
+            raise
         completion = protocol.chat_completion(self.args.model_name, "", {}, None)  # the chunks' id and created
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         finished = False

@@ -119,9 +119,9 @@ class URGRankerFuser:
         except Exception:  # noqa: BLE001 - this request alone
             log.exception("ranker-fuser failed to rank one streamed request")
             raise FusionFailed("the ranker-fuser failed on this request") from None
-        yield {"type": "ranked"}
         pieces = iter(stream)
         try:
+            yield {"type": "ranked"}
             while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
                 yield {"type": "piece", "text": piece}
         except Exception:  # noqa: BLE001

@@ -423,6 +423,52 @@ def test_admission_at_the_door_answers_429_before_any_candidate_is_called(client
     assert chat(client, "/gated").status_code == 200  # the slot is free again
 
 
+# ---- the schema as the contract ---------------------------------------------------------------
+FUZZ_EXAMPLES = 12  # per operation and generation mode: bounded, loopback
+
+
+def test_schema_driven_fuzz_finds_no_5xx_and_no_answer_against_the_schema(client, base_url):
+    """schemathesis over the app's own /openapi.json: valid and invalid examples of every operation;
+    no answer may be a 5xx or contradict the schema (status, content type, headers, body). Valid
+    bodies name this server's model, so they get past the 404 and reach the candidates and URG."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
+                                                   response_schema_conformance, status_code_conformance)
+
+    def our_model(case):
+        if case.meta and case.meta.generation.mode.is_positive and isinstance(case.body, dict) and "model" in case.body:
+            case.body["model"] = MODEL
+        return case
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+              response_schema_conformance]
+    schema = schemathesis.openapi.from_dict(client.get("/openapi.json", headers=AUTH).json())
+    failures, tried, seen = [], [], set()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+            @given(case=operation.as_strategy(generation_mode=mode).map(our_model))
+            @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            def fuzz(case):
+                reply = case.call_and_validate(base_url=base_url, headers=AUTH, checks=checks, timeout=120)
+                seen.add((case.operation.label, reply.status_code, reply.headers.get("content-type", [""])[0]))
+
+            tried.append(f"{operation.label} {mode.value}")
+            try:
+                fuzz()
+            except Unsatisfiable:  # no invalid input exists for an operation that takes none
+                assert mode == schemathesis.GenerationMode.NEGATIVE and not operation.body, operation.label
+            except Exception as err:  # noqa: BLE001 - every operation is fuzzed; all failures reported
+                failures.append(f"{operation.label} ({mode.value}): {str(err)[:1500]}")
+    assert not failures, "\n\n".join(failures)
+    print(sorted(seen))
+    assert ("POST /v1/chat/completions", 200) in {(label, status) for label, status, _ in seen}, sorted(seen)
+
+
 # ---- faults ---------------------------------------------------------------------------------
 def test_late_and_failing_candidates_are_dropped(client):
     reply = chat(client, "/faulty")
