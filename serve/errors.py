@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -139,18 +140,46 @@ def check_json_text(data: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
 
 
 def validation_error(err: ValidationError) -> APIError:
-    """A pydantic error as a 400: the first bad field in `param`; unknown fields all named."""
-    errors = err.errors()
-    unknown = [_dotted(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
+    """A pydantic error as a 400: the first bad field's path in `param`; unknown fields all named."""
+    errors = _matching_branches(err.errors())
+    unknown = [_field_path(e) for e in errors if e["type"] == "extra_forbidden"]
     if len(unknown) == len(errors):
         return APIError(400, f"unsupported parameter{'s' * (len(unknown) > 1)}: {', '.join(unknown)}",
                         param=unknown[0], code="unsupported_parameter")
     first = next(e for e in errors if e["type"] != "extra_forbidden")
-    param = _dotted(first["loc"]) or None
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    message = f"{param}: {first['msg']}{more}" if param else f"{first['msg']}{more}"
+    param = _field_path(first) or None
+    others = {_field_path(e) for e in errors} - {param or ""}  # a union's branches name one field
+    more = f" (+{len(others)} more)" if others else ""
+    text = first["msg"].removeprefix("Value error, ")  # our validators' own words, without pydantic's prefix
+    message = f"{param}: {text}{more}" if param else f"{text}{more}"
     code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
     return APIError(400, message, param=param, code=code)
+
+
+# pydantic puts the union branch it tried into `loc` (documents.0.str, messages.0.content.list[TextPart],
+# documents.0.RerankDocument.text): a type's name, never one of our (snake_case) fields.
+_UNION_TAG = re.compile(r"(str|int|float|bool|bytes|none|[A-Z]\w*|[\w-]+\[.*\])", re.DOTALL)
+
+
+def _matching_branches(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Without the union branches whose type the input is not (`documents.0.str: Input should be a
+    valid string` for an object) when another branch of that union took the input and failed inside."""
+    def wrong_type(e: dict[str, Any]) -> bool:
+        last = e["loc"][-1] if e["loc"] else None
+        return e["type"].endswith("_type") and isinstance(last, str) and bool(_UNION_TAG.fullmatch(last))
+
+    entered = {e["loc"][:i] for e in errors if not wrong_type(e)
+               for i, part in enumerate(e["loc"]) if isinstance(part, str) and _UNION_TAG.fullmatch(part)}
+    kept = [e for e in errors if not (wrong_type(e) and e["loc"][:-1] in entered)]
+    return kept or errors
+
+
+def _field_path(error: dict[str, Any]) -> str:
+    """The error's field path (dotted), without union-branch tags; an unknown field keeps its own name."""
+    loc = error["loc"]
+    own_key = len(loc) - 1 if error["type"] == "extra_forbidden" else None  # the client's key, whatever it is
+    return _dotted(part for i, part in enumerate(loc)
+                   if i == own_key or not (isinstance(part, str) and _UNION_TAG.fullmatch(part)))
 
 
 def _dotted(loc) -> str:
