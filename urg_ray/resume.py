@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.json"
 # train.* fields that decide the data order or the optimisation (the rest are bookkeeping)
-TRAIN_FIELDS = ("lr", "weight_decay", "warmup_steps", "batch_size", "grad_clip", "bf16", "zero_stage", "seed")
+TRAIN_FIELDS = ("lr", "weight_decay", "warmup_steps", "batch_size", "grad_clip", "bf16", "bf16_autocast", "zero_stage",
+                "seed")
 INFORMATIONAL = ("data.train_file.path",)  # reported when changed, never refused
 
 
