@@ -111,6 +111,14 @@ def test_transformers_answers_each_conversation_within_its_own_limits(gpt2_chat)
     assert gpt2_chat.max_model_len == 64
 
 
+def test_transformers_seeds_each_conversation_by_its_own_seed(gpt2_chat):
+    conversation = [{"role": "user", "content": "Say something."}]
+    seeded = [Sampling(max_tokens=8, temperature=1.0, seed=seed) for seed in (1, 2)]
+    together = [a.text for a in gpt2_chat.generate([conversation, conversation], seeded)]
+    apart = [gpt2_chat.generate([conversation], s)[0].text for s in seeded]
+    assert together == apart and apart[0] != apart[1]
+
+
 # ---- openai ---------------------------------------------------------------------------------
 class _Stub(BaseHTTPRequestHandler):
     """/chat/completions: a prompt "429 <n>" is answered 429 with Retry-After: <n> the first time,

@@ -1,9 +1,10 @@
 """The `transformers` engine: a Hugging Face causal (or seq2seq, e.g. flan-t5) LM, batched `generate`.
 
-Conversations that share sampling settings (max_tokens aside) are generated in one left-padded
-batch; each answer is cut at its own max_tokens, at EOS and at its first stop string. A prompt at
-or over `max_model_len` tokens, or a batch that raises, costs only the conversations concerned:
-the batch is retried one by one. presence/frequency penalties are not applied (transformers has
+Conversations that share sampling settings (max_tokens and stop aside; the seed included, so an
+answer does not depend on its batch mates) are generated in one left-padded batch; each answer is
+cut at its own max_tokens, at EOS and at its first stop string. A prompt at or over
+`max_model_len` tokens, or a batch that raises, costs only the conversations concerned: the batch
+is retried one by one. presence/frequency penalties are not applied (transformers has
 no such knobs). Tokenizers without a chat template get `PLAIN_CHAT_TEMPLATE` when chat is on.
 """
 
@@ -57,8 +58,8 @@ class TransformersLLM(LLM):
         samplings = per_item(sampling, len(conversations))
         answers: list[Answer | None] = [None] * len(conversations)
         groups: dict[tuple, list[int]] = {}
-        for i, s in enumerate(samplings):  # one generate() call per sampling setting
-            groups.setdefault((s.temperature, s.top_p), []).append(i)
+        for i, s in enumerate(samplings):  # one generate() call per sampling setting and seed
+            groups.setdefault((s.temperature, s.top_p, s.seed), []).append(i)
         for members in groups.values():
             try:
                 batch = self._generate_batch([conversations[i] for i in members], [samplings[i] for i in members])
