@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return bad_input(err)
     print(f"[train] method {cfg.method}, preset {cfg.model.preset}: {len(records['train'])} train / "
           f"{len(records['dev'])} dev records, {cfg.train.num_workers} workers", flush=True)
-    # one CPU more than the workers take, for Ray Data's tasks feeding them
+    # the workers' CPUs plus one spare; records reach workers by ray.put, each step's picked by urg_ray/data_order.py
     start_ray(args.verbose, num_cpus=max(os.cpu_count() or 1, int(cfg.train.num_workers * cfg.train.cpus_per_worker) + 1))
     summary = fit(cfg, records, args.out, verbose=args.verbose)
     print(f"[train] done in {summary['wall_s']} s, {summary['samples_per_s']:.1f} samples/s")
