@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import models_json_schema
 from ray import serve
 from ray.serve import Application
-from starlette.background import BackgroundTask
+from starlette.types import Receive, Scope, Send
 
 from serve import protocol
 from serve.candidates import (CandidateArgs, build_candidate, call_candidate, candidate_sampling, count_prompt_tokens,
@@ -52,6 +52,22 @@ from serve.metrics import EnsembleMetrics
 from serve.ranker import FusionFailed, URGRankerFuser
 
 log = logging.getLogger("ray.serve")
+
+
+class HeldStream(StreamingResponse):
+    """A StreamingResponse that calls `release` however it ends. Not a BackgroundTask: Starlette
+    skips those when the client disconnects, and a generator's own `finally` waits for garbage
+    collection when the stream is abandoned at a `yield` (or never runs, if it never started)."""
+
+    def __init__(self, content, release: Callable[[], None], **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
 
 
 class URGArgs(BaseModel):
@@ -333,13 +349,13 @@ class Ingress:
                                      "code": "stream_failed"}})
             yield "data: [DONE]\n\n"
 
-        async def release() -> None:  # after the stream, or once the client went away
+        def release() -> None:  # after the stream, or once the client went away
             self.in_flight -= 1
             if not finished:
                 events.cancel()  # the ranker stops generating
 
         self.in_flight += 1  # held by the stream; the route's own slot ends when this returns
-        return StreamingResponse(stream(), media_type="text/event-stream", background=BackgroundTask(release))
+        return HeldStream(stream(), release, media_type="text/event-stream")
 
     async def _rank_and_fuse(self, request: Request) -> JSONResponse:
         body = await read_body(request, protocol.RankAndFuseRequest, self.args.limits.max_body_bytes)

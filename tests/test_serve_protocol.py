@@ -142,6 +142,48 @@ def test_a_replica_without_its_key_refuses_to_start(monkeypatch):
         AppArgs.model_validate({"candidates": args.model_dump()["candidates"], "auth": "off"})
 
 
+def test_a_streamed_answer_gives_its_slot_back_when_the_client_disconnects():
+    from starlette.requests import ClientDisconnect
+
+    from serve.app import AppArgs, Ingress
+
+    class Events:  # the ranker's stream: ranked, then pieces until cancelled
+        cancelled = False
+
+        async def __anext__(self):
+            return {"type": "piece", "text": "x"}
+
+        def cancel(self):
+            self.cancelled = True
+
+    events = Events()
+    cls = Ingress.func_or_class
+    ingress = SimpleNamespace(  # the parts of an ingress the stream uses, without Serve
+        args=AppArgs.model_validate({"candidates": [{"name": "c", "kind": "canned", "answers": ["a"]}],
+                                     "auth": "none"}),
+        ranker=SimpleNamespace(options=lambda stream: SimpleNamespace(
+            stream_fuse=SimpleNamespace(remote=lambda *args: events))),
+        in_flight=0)
+    ingress._call_ranker = lambda call: cls._call_ranker(ingress, call)
+    body = protocol.ChatRequest.model_validate({**CHAT, "stream": True})
+
+    async def send(message):
+        if message["type"] == "http.response.body":
+            raise OSError("connection reset by peer")  # Starlette turns this into ClientDisconnect
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def disconnect():
+        response = await cls._stream_chat(ingress, body, "hi", [], ["a"], [], 8)
+        assert ingress.in_flight == 1  # the stream holds a slot
+        with pytest.raises(ClientDisconnect):
+            await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+
+    asyncio.run(disconnect())
+    assert ingress.in_flight == 0 and events.cancelled
+
+
 def test_the_schema_declares_every_body_and_error():
     from serve.app import app
 
