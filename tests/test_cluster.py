@@ -53,7 +53,11 @@ def test_raycluster_has_head_and_autoscaling_gpu_worker_groups():
 def test_rayjob_trains_the_xl_preset_on_the_same_cluster():
     manifest = _load(KUBERAY / "rayjob.yaml")
     assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayJob")
-    assert manifest["spec"]["entrypoint"] == "python jobs/train.py --config jobs/configs/flan-t5-xl.yaml"
+    entrypoint = manifest["spec"]["entrypoint"].split()
+    assert entrypoint[:4] == ["python", "jobs/train.py", "--config", "jobs/configs/flan-t5-xl.yaml"]
+    # the model it exports is the one the RayService serves
+    out = entrypoint[entrypoint.index("--out") + 1]
+    assert f"{out}/model" == _load(ROOT / "serve" / "app.gpu.yaml")["applications"][0]["args"]["urg"]["model"]
     assert (ROOT / "jobs" / "configs" / "flan-t5-xl.yaml").is_file()
     assert manifest["spec"]["rayClusterSpec"] == _load(KUBERAY / "raycluster.yaml")["spec"]
     _check_cluster_spec(manifest["spec"]["rayClusterSpec"])
