@@ -233,7 +233,7 @@ def _app_args(serve_config: Path, canned: bool) -> dict[str, Any]:
             c = {"name": c["name"], "kind": "canned", "answers": CANNED[i:] + CANNED[:i]}
         deployment = options.get(f"Candidate-{c['name']}")
         candidates.append({**c, "deployment": {**c.get("deployment", {}), **deployment}} if deployment
-                          and c["kind"] != "vllm" else c)
+                          and c.get("engine", c.get("kind")) != "vllm" else c)
     args["candidates"] = candidates
     return args
 

@@ -1,0 +1,22 @@
+"""jobs/serve_benchmark.py's parts that need no running Serve."""
+
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+
+from serve_benchmark import _app_args  # noqa: E402
+
+
+def test_app_args_fold_deployment_options_into_candidates_named_by_engine_or_kind(tmp_path):
+    config = tmp_path / "app.yaml"
+    config.write_text(yaml.safe_dump({"applications": [{
+        "args": {"candidates": [{"name": "a", "engine": "transformers", "source": "tiny-gpt2"},
+                                {"name": "b", "kind": "transformers", "source": "tiny-gpt2"},
+                                {"name": "v", "engine": "vllm", "source": "m"}]},
+        "deployments": [{"name": f"Candidate-{n}", "num_replicas": 2} for n in "abv"]}]}))
+    a, b, v = _app_args(config, canned=False)["candidates"]
+    assert a["deployment"] == b["deployment"] == {"num_replicas": 2}
+    assert "deployment" not in v  # vllm candidates take their options from llm_config
