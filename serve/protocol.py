@@ -258,12 +258,6 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def apply_stop(text: str, stops: list[str]) -> str:
-    """`text` cut before the first occurrence of any stop string (OpenAI's rule)."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
-    return text[:cut]
-
-
 def candidate_table(models: list[str], texts: list[str], fused: dict[str, Any],
                     extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Per candidate, in input order: model, text, URG score, rank (1 = best), whether its

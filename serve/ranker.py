@@ -17,8 +17,6 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, Sequence, 
 
 from ray import serve
 
-from serve.protocol import apply_stop
-
 log = logging.getLogger("ray.serve")
 Item = TypeVar("Item")
 
@@ -130,7 +128,7 @@ class URGRankerFuser:
         finally:
             stream.close()  # a cancelled request (client gone) stops generating
         result = stream.result
-        prompt = int(self.urg.collator.encode_pairs([question], [candidates]).attention_mask.sum())
+        [prompt] = self._prompt_tokens([question], [candidates])
         yield {"type": "done", "text": result.text, "ranks": result.ranks, "scores": result.scores,
                "selected": result.selected, "note": result.note, "prompt_tokens": prompt,
                "completion_tokens": len(self.urg.tokenizer(result.text, add_special_tokens=False).input_ids),
@@ -151,9 +149,14 @@ class URGRankerFuser:
     def _rank(self, items: list[tuple[str, tuple[str, ...]]]) -> list[dict[str, Any]]:
         questions, candidates = [q for q, _ in items], [list(c) for _, c in items]
         ranked = self.urg.rank(questions, candidates)
-        prompt_tokens = self.urg.collator.encode_pairs(questions, candidates).attention_mask.sum(dim=(1, 2)).tolist()
-        return [{"scores": ranked.scores[b, : len(c)].tolist(), "ranks": ranked.ranks[b], "prompt_tokens": int(p)}
+        prompt_tokens = self._prompt_tokens(questions, candidates)
+        return [{"scores": ranked.scores[b, : len(c)].tolist(), "ranks": ranked.ranks[b], "prompt_tokens": p}
                 for b, (c, p) in enumerate(zip(candidates, prompt_tokens))]
+
+    def _prompt_tokens(self, questions: list[str], candidates: list[list[str]]) -> list[int]:
+        """Per question, the tokens URG's encoder reads (all its question-candidate pairs)."""
+        mask = self.urg.collator.encode_pairs(questions, candidates).attention_mask  # B x N x L
+        return [int(n) for n in mask.sum(dim=(1, 2)).tolist()]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _fuse_batch(self, items: list[FuseItem]) -> list[dict[str, Any] | Exception]:
@@ -163,16 +166,18 @@ class URGRankerFuser:
         return await asyncio.to_thread(self._rank_and_fuse, items)
 
     def _rank_and_fuse(self, items: list[FuseItem]) -> list[dict[str, Any]]:
+        from urg_ray.streaming import FALLBACK_NOTE, stop_then_fallback  # torch: not in the ingress
+
         top_k, max_new_tokens = items[0].group()
         questions, candidates = [i.question for i in items], [list(i.candidates) for i in items]
-        fused = self.urg.rank_and_fuse(questions, candidates, top_k=top_k, max_new_tokens=max_new_tokens,
-                                       empty_fallback=True)
-        prompt_tokens = self.urg.collator.encode_pairs(questions, candidates).attention_mask.sum(dim=(1, 2)).tolist()
+        fused = self.urg.rank_and_fuse(questions, candidates, top_k=top_k, max_new_tokens=max_new_tokens)
         results = []
-        for item, result, prompt in zip(items, fused, prompt_tokens):
-            text = apply_stop(result.text, list(item.stop)).strip() if item.stop else result.text
+        for item, result, prompt in zip(items, fused, self._prompt_tokens(questions, candidates)):
+            # the stop first, then the blank answer's fallback, as the streamed answer does
+            text, fell_back = stop_then_fallback(result.text, item.stop, item.candidates[result.ranks[0]])
+            note = "; ".join(n for n in (result.note, FALLBACK_NOTE if fell_back else None) if n) or None
             results.append({"text": text, "ranks": result.ranks, "scores": result.scores,
-                            "selected": result.selected, "note": result.note, "prompt_tokens": int(prompt),
+                            "selected": result.selected, "note": note, "prompt_tokens": prompt,
                             "completion_tokens": len(self.urg.tokenizer(text, add_special_tokens=False).input_ids)})
         return results
 

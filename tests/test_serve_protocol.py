@@ -71,11 +71,6 @@ def test_sampling_parameters_are_accepted():
     assert body.stops == ["\n"] and body.top_p == 0.9 and body.seed == 3
 
 
-def test_stop_cuts_before_the_first_stop_string():
-    assert protocol.apply_stop("Paris is big. Lyon too.", [" Lyon", "."]) == "Paris is big"
-    assert protocol.apply_stop("no stop here", ["zzz"]) == "no stop here"
-
-
 def test_a_20_turn_chat_keeps_its_last_user_turn_through_urgs_truncation():
     from urg_ray.data import Collator
     from urg_ray.presets import tiny_tokenizer
@@ -124,6 +119,24 @@ def test_batched_items_are_grouped_by_their_settings():
     items = [("a", 0.0), ("b", 0.7), ("c", 0.0)]
     assert asyncio.run(fuse_each(run, items, group=lambda item: item[1])) == ["a", "b", "c"]
     assert sorted(calls) == [["a", "c"], ["b"]]
+
+
+def test_a_stop_string_at_the_start_of_the_fused_answer_still_gets_the_fallback(tiny):
+    from serve.ranker import FuseItem, URGRankerFuser
+    from urg_ray.streaming import FALLBACK_NOTE
+
+    question, candidates = "What is the capital of France?", ("Paris, on the Seine.", "It is Paris.", "Berlin.")
+    full = tiny.rank_and_fuse([question], [list(candidates)], max_new_tokens=16)[0]
+    assert full.text.strip()  # the case under test: a fused answer that the stop cuts to nothing
+    stop = full.text[:3]
+    ranker = SimpleNamespace(urg=tiny)
+    ranker._prompt_tokens = lambda q, c: URGRankerFuser.func_or_class._prompt_tokens(ranker, q, c)
+    [served] = URGRankerFuser.func_or_class._rank_and_fuse(ranker, [FuseItem(question, candidates, 3, 16, (stop,))])
+    top = candidates[full.ranks[0]]
+    assert served["text"] == (top[: top.index(stop)] if stop in top else top).strip()
+    assert FALLBACK_NOTE in served["note"]
+    streamed = tiny.stream_fuse(question, list(candidates), 3, 16, stop=[stop], empty_fallback=True)
+    assert "".join(streamed) == served["text"] and streamed.result.note == served["note"]
 
 
 def test_a_replica_without_its_key_refuses_to_start(monkeypatch):

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from urg_ray.streaming import stop_holdback
+from urg_ray.streaming import apply_stop, stop_holdback, stop_then_fallback
 
 QUESTION = "What is the capital of France?"
 CANDIDATES = ["The capital of France is Paris, on the Seine.", "Paris is the capital and the largest city of France.",
@@ -19,6 +19,18 @@ SILENT_CANDIDATES = ["Red, yellow and blue.", "Blue is one of them, with red.", 
 
 def cut_at(text: str, stop: str) -> str:
     return (text[: text.index(stop)] if stop in text else text).strip()
+
+
+def test_stop_cuts_before_the_first_stop_string():
+    assert apply_stop("Paris is big. Lyon too.", [" Lyon", "."]) == "Paris is big"
+    assert apply_stop("no stop here", ["zzz", ""]) == "no stop here"
+
+
+def test_the_stop_is_applied_before_the_blank_answers_fallback():
+    assert stop_then_fallback("STOP and more", ["STOP"], " Top. STOP ") == ("Top.", True)
+    assert stop_then_fallback("STOP and more", ["STOP"], None) == ("", False)
+    assert stop_then_fallback(" Fused. STOP", ["STOP"], "Top.") == ("Fused.", False)
+    assert stop_then_fallback("  ", [], "Top.") == ("Top.", True)
 
 
 def test_stop_holdback_is_the_longest_suffix_that_begins_a_stop():

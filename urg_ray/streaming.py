@@ -1,8 +1,8 @@
 """The fused answer as it is decoded: `URG.stream_fuse` ranks first, then iterates text pieces.
 
 Generation runs in a thread of its own (Hugging Face `generate` with a streamer); the pieces
-joined equal the text `URG.rank_and_fuse` answers for the same input, with `stop` applied as
-Serve applies it (cut before the first stop string, then stripped). A piece is held back while
+joined equal the text `URG.rank_and_fuse` answers for the same input, with `stop` and the blank
+answer's fallback applied as Serve applies them (`stop_then_fallback`). A piece is held back while
 it could still change: trailing whitespace (the final text is stripped), a suffix that could
 begin a stop string, an incomplete UTF-8 character.
 """
@@ -28,9 +28,21 @@ _END = object()
 
 
 def apply_stop(text: str, stops: Sequence[str]) -> str:
-    """`text` cut before the first occurrence of any stop string (OpenAI's rule)."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    """`text` cut before the first occurrence of any stop string (OpenAI's rule); "" stops nothing."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
     return text[:cut]
+
+
+def stop_then_fallback(text: str, stop: Sequence[str], fallback: str | None) -> tuple[str, bool]:
+    """The answer Serve gives: `text` cut before its first stop string and stripped; if that is
+    blank and a `fallback` (the top-ranked candidate) is given, the fallback cut the same way.
+    Also whether the fallback was used. The stop comes first, so a stop string at position 0
+    still gets the fallback."""
+    if stop:
+        text = apply_stop(text, stop).strip()
+    if fallback is not None and not text.strip():
+        return (apply_stop(fallback, stop).strip() if stop else fallback), True
+    return text, False
 
 
 def stop_holdback(text: str, stops: Sequence[str]) -> int:
@@ -144,14 +156,12 @@ class FusionStream:
         return self._urg.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _finish(self, ids: list[int]) -> FusionResult:
-        """The text rank_and_fuse gives (stripped; the top candidate if blank and empty_fallback),
-        then cut at the first stop string and stripped, as Serve does."""
+        """The text rank_and_fuse gives (stripped), with Serve's `stop_then_fallback`."""
         from urg_ray.model import FusionResult
 
-        text, notes = self._decode(ids).strip(), [self._draft.note] if self._draft.note else []
-        if self._fallback and not text.strip():
-            text = self._candidates[self.ranks[0]]
+        notes = [self._draft.note] if self._draft.note else []
+        fallback = self._candidates[self.ranks[0]] if self._fallback else None
+        text, fell_back = stop_then_fallback(self._decode(ids).strip(), self._stop, fallback)
+        if fell_back:
             notes.append(FALLBACK_NOTE)
-        if self._stop:
-            text = apply_stop(text, self._stop).strip()
         return FusionResult(text, self.ranks, self.scores, self.selected, "; ".join(notes) or None)
