@@ -76,6 +76,19 @@ def test_robustness_deltas_follow_the_fusers_output():
     assert result["delta% top2+worst1"]["bleu"] == pytest.approx(delta_percent(second_best, 0.0))
 
 
+def test_robustness_with_three_candidates_never_repeats_a_top2_candidate():
+    ev = Evaluator(_records(), score_keys=["bleu"], metric_names=("bleu",))  # N = 3
+    seen: list[list[str]] = []
+
+    def last(questions, candidate_lists):
+        seen.extend(candidate_lists)
+        return [cands[-1] for cands in candidate_lists]
+
+    ev.add_robustness("last", last)
+    texts = [c.text for c in ev.records[0].candidates]  # truth order: m0, m1, m2
+    assert seen == [texts[:2]] * 3 + [texts] * 3 + [texts] * 3  # top2, +worst1, +worst2 (only one left)
+
+
 @pytest.mark.slow
 def test_evaluate_job_writes_every_row_and_column(tmp_path):
     from urg_ray import URG

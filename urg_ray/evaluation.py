@@ -204,12 +204,13 @@ class Evaluator:
         return texts
 
     def add_robustness(self, name: str, fuse: Fuse) -> dict[str, dict[str, float]]:
-        """URG Table 5: fused from the true top-2, then with the worst one / two appended."""
+        """URG Table 5: fused from the true top-2, then with the worst one / two appended (the
+        worst taken from the candidates outside the top 2: with N < 4 there are fewer than two)."""
         order = [sorted(range(len(t)), key=lambda i: -t[i]) for t in self.truth]
         inputs = {
             "top2": [[c[i] for i in o[:2]] for c, o in zip(self.candidates, order)],
-            "top2+worst1": [[c[i] for i in o[:2] + o[-1:]] for c, o in zip(self.candidates, order)],
-            "top2+worst2": [[c[i] for i in o[:2] + o[-1:-3:-1]] for c, o in zip(self.candidates, order)],
+            "top2+worst1": [[c[i] for i in o[:2] + o[2:][-1:]] for c, o in zip(self.candidates, order)],
+            "top2+worst2": [[c[i] for i in o[:2] + o[2:][-1:-3:-1]] for c, o in zip(self.candidates, order)],
         }
         refs = [r.output for r in self.records]
         means = {k: _mean_rows(self._score(self.fuse_in_batches(fuse, v), refs), self.metric_names)
