@@ -35,9 +35,8 @@ from _cli import INPUT_ERRORS, bad_input, job_config, job_parser  # noqa: E402
 
 from urg_ray.config import ConfigError  # noqa: E402
 from urg_ray.data import DataError, drop_failed, read_records  # noqa: E402
+from urg_ray.evaluation import METRICS, PAPER_METRICS  # noqa: E402
 
-METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore")  # urg_ray.evaluation.METRICS
-PAPER_METRICS = ("bertscore", "bartscore", "bleu", "rougeL")  # urg_ray.evaluation.PAPER_METRICS
 PAPER_BARTSCORE = "facebook/bart-large-cnn"  # BARTScore's (Yuan et al. 2021), as LLM-Blender scored MixInstruct
 PAPER_BERTSCORE = "roberta-large"  # bert-score's default English model
 

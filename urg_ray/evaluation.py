@@ -27,7 +27,6 @@ paired bootstrap interval (`paired_bootstrap`) and runs with different seeds sum
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
@@ -36,6 +35,7 @@ import numpy as np
 
 from urg_ray import metrics
 from urg_ray.data import DataError, Record, quality
+from urg_ray.protocol import mean
 
 if TYPE_CHECKING:
     from urg_ray.synthetic import SyntheticExample
@@ -254,10 +254,6 @@ def rank_correlation(scores: Sequence[Sequence[float]], truth: Sequence[Sequence
         pearson.append(metrics.pearson(s, t))
         spearman.append(metrics.spearman(s, t))
         footrule.append(metrics.spearman_footrule(metrics.ranks_from_scores(s), metrics.ranks_from_scores(t)))
-
-    def mean(values: list[float]) -> float:
-        kept = [v for v in values if not math.isnan(v)]
-        return float(np.mean(kept)) if kept else float("nan")
 
     return {"pearson": mean(pearson), "spearman": mean(spearman), "footrule": mean(footrule)}
 
