@@ -479,8 +479,6 @@ def test_late_and_failing_candidates_are_dropped(client):
     dropped = {d["model"]: d["reason"] for d in extension["dropped"]}
     assert dropped["slow"] == f"timed out after {SLOW_TIMEOUT_S:g} s"
     assert "boom: out of memory" in dropped["broken"]
-    # the answered candidates' latencies, as the ingress measured them, are below the late one's delay
-    assert all(c["latency_s"] < SLOW_DELAY_S for c in extension["candidates"])
 
 
 def test_all_candidates_failing_is_503_with_the_reasons(client, base_url):
