@@ -30,17 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     args = job_parser(__doc__.splitlines()[0], default_out="outputs/generate").parse_args(argv)
     try:  # everything that can be wrong with the inputs fails here, before Ray starts
         cfg = load_config(args.config, args.set, schema=GenerateConfig)
-        from urg_ray.generate import check_engines, missing_pairs, read_prompts, synthetic_prompts
+        from urg_ray.generate import check_engines, load_prompts, missing_pairs
 
         check_engines(cfg)
-        if cfg.prompts:
-            prompts, problems = read_prompts(cfg.prompts)
-        else:
-            prompts, problems = synthetic_prompts(cfg.synthetic_prompts, cfg.synthetic_seed), []
+        prompts, problems = load_prompts(cfg)
         for problem in problems:
             print(f"warning: skipped prompt {problem}", file=sys.stderr)
-        if not prompts:
-            raise DataError(f"{cfg.prompts}: no valid prompts")
         todo = missing_pairs(cfg, args.out, prompts)  # also validates an existing output file and its lock
     except (ConfigError, DataError, Locked) as err:
         print(f"error: {err}", file=sys.stderr)

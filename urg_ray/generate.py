@@ -117,6 +117,18 @@ def synthetic_prompts(n: int, seed: int = 1) -> list[Prompt]:
     return [_prompt(r) for r in make_dataset(n, n_candidates=1, seed=seed, id_prefix="dev")]
 
 
+def load_prompts(cfg: GenerateConfig) -> tuple[list[Prompt], list[str]]:
+    """A job's prompts: `cfg.prompts`' valid ones and a ``file:line: problem`` per line skipped, or
+    the synthetic dev set's first `cfg.synthetic_prompts`. DataError when no prompt is valid."""
+    if not cfg.prompts:
+        return synthetic_prompts(cfg.synthetic_prompts, cfg.synthetic_seed), []
+    prompts, problems = read_prompts(cfg.prompts)
+    if not prompts:
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise DataError(f"{cfg.prompts}: no valid prompts" + (f" ({shown})" if problems else ""))
+    return prompts, problems
+
+
 # ---- output, journal, resume ------------------------------------------------------------------
 def question_hash(instruction: str, input: str) -> str:
     """What a candidate answers: a hash of the question (instruction and input), stored with each journal entry."""
@@ -310,8 +322,7 @@ def generate(cfg: GenerateConfig, out_dir: str | Path, prompts: list[Prompt] | N
     tokens, wall time (engine start-up included), time to first result, prompts/s and tokens/s.
     """
     if prompts is None:
-        prompts, prompt_problems = (read_prompts(cfg.prompts) if cfg.prompts else
-                                    (synthetic_prompts(cfg.synthetic_prompts, cfg.synthetic_seed), []))
+        prompts, prompt_problems = load_prompts(cfg)
     out_file = Path(out_dir) / cfg.output
     summary: dict[str, Any] = {"output": str(out_file), "prompts": len(prompts),
                                "bad_prompt_lines": prompt_problems or [], "models": {}}
