@@ -1,4 +1,4 @@
-"""jobs/best_of_n.py: n samples per prompt through generate's pipeline and journal, URG keeps one.
+"""urg_ray/best_of_n.py and jobs/best_of_n.py: n samples per prompt through generate's pipeline and journal, URG keeps one.
 
 The grouping and the pick run without Ray on the `tiny` URG; the slow test runs the job on the
 tiny GPT-2 (transformers engine, Ray Data) and resumes it from a journal cut after a crash.
@@ -17,7 +17,9 @@ from urg_ray.data import ERROR_FIELD, Record, read_records
 from urg_ray.generate import Prompt, question_hash
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
-from best_of_n import BestOfNConfig, group_samples, main, pick_best, sample_prompts  # noqa: E402
+from best_of_n import main  # noqa: E402
+
+from urg_ray.best_of_n import BestOfNConfig, group_samples, pick_best, sample_prompts  # noqa: E402
 
 GPT2 = "models=[{name: gpt2, engine: transformers, source: tiny-gpt2, max_model_len: 256, batch_size: 4}]"
 

