@@ -157,7 +157,9 @@ def gate():
 @pytest.fixture(scope="module")
 def base_url(gate):
     port = _free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Logical CPUs for Serve's reservations (every app of this module stays up, the vLLM one last);
+    # the processes still share this machine's cores.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(MAIN), name="main", route_prefix="/", blocking=False)
