@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import INPUT_ERRORS, bad_input, job_config, job_parser  # noqa: E402
+from _cli import INPUT_ERRORS, bad_input, job_config, job_parser, start_ray  # noqa: E402
 
 from urg_ray.config import ConfigError  # noqa: E402
 from urg_ray.data import DataError, drop_failed, read_records  # noqa: E402
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="model weights' dtype (bfloat16 on GPUs)")
     parser.add_argument("--batch-size", type=int, default=32, help="records per rank/fuse/metric call")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="copies of each model, one per Ray actor (one GPU each on cuda); every call split across them")
     args = parser.parse_args(argv)
     if args.paper:
         args.metrics = ",".join(PAPER_METRICS) if args.metrics == ",".join(METRICS) else args.metrics
@@ -140,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     from urg_ray.protocol import load_model as load_on_cpu
 
     def load_model(path: str):
+        if args.shards > 1:  # e.g. one copy per GPU of the node (urg_ray/sharded.py)
+            from urg_ray.sharded import ShardedModel
+
+            start_ray(args.verbose)
+            return ShardedModel(path, args.shards, device=args.device, dtype=args.dtype)
         return load_on_cpu(path).to(device=args.device, dtype=getattr(torch, args.dtype))
 
     print(f"[evaluate] scoring {len(records)} records x their candidates", flush=True)
