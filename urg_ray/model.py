@@ -28,7 +28,7 @@ from urg_ray.data import Batch, Collator
 from urg_ray.positions import POSITIONS_FILE, AbsolutePositions
 from urg_ray.presets import get_preset, pretrained_encoder_decoder, set_dropout, t5_config, tiny_tokenizer
 from urg_ray.protocol import RankerFuser
-from urg_ray.streaming import FusionStream
+from urg_ray.streaming import FALLBACK_NOTE, FusionStream
 
 log = logging.getLogger(__name__)
 URG_CONFIG_FILE = "urg_config.json"
@@ -339,7 +339,7 @@ class URG(RankerFuser):
             text = texts[b]
             if empty_fallback and not text.strip():
                 text = cands[int(order[b, 0])]
-                notes.append("the fused answer was empty: the top-ranked candidate is returned")
+                notes.append(FALLBACK_NOTE)
             results.append(FusionResult(text, order[b, :n].tolist(), scores[b, :n].tolist(),
                                         top[b][keep[b]].tolist(), "; ".join(notes) or None))
         return results
