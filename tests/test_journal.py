@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ import pytest
 import urg_ray.durable as durable
 import urg_ray.generate as gen
 from urg_ray.data import DataError, Record, read_records, write_records
-from urg_ray.durable import Journal, Locked, atomic_write, exclusive_lock
+from urg_ray.durable import Journal, Locked, atomic_write, exclusive_lock, replace_folder
 from urg_ray.generate import Prompt, _journal_candidate, _load_existing, question_hash
 from urg_ray.generate_config import GenerateConfig, ModelSpec
 
@@ -353,3 +354,26 @@ def test_atomic_write_leaves_the_old_file_when_the_block_fails(tmp_path):
     with atomic_write(path) as f:
         f.write("new \u2028")
     assert path.read_text(encoding="utf-8") == "new \u2028" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_the_model_export_replaces_the_folder_whole_or_not_at_all(tmp_path, monkeypatch):
+    old, new, target = tmp_path / "old", tmp_path / "new", tmp_path / "out" / "model"
+    for folder, text in ((old, "old weights"), (new, "new weights")):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "w.bin").write_text(text)
+    (old / "stale.json").write_text("{}")
+    replace_folder(old, target)
+    replace_folder(new, target)
+    assert sorted(p.name for p in target.rglob("*")) == ["sub", "w.bin"]
+    assert (target / "sub" / "w.bin").read_text() == "new weights"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]  # nothing left beside it
+
+    def full_disk(src, dst, **kwargs):
+        Path(dst, "sub").mkdir(parents=True)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        replace_folder(old, target)
+    assert (target / "sub" / "w.bin").read_text() == "new weights"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]

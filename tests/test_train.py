@@ -2,7 +2,6 @@
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 
 from urg_ray import URG
 from urg_ray.config import JobConfig, LossConfig
-from urg_ray.train import best_checkpoint, build_model, load_engine_state, replace_folder, warmup_linear
+from urg_ray.train import best_checkpoint, build_model, load_engine_state, warmup_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,29 +65,6 @@ def test_a_missing_deepspeed_state_is_an_error_not_a_warning(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no DeepSpeed state under tag 'deepspeed'"):
         load_engine_state(Engine(), tmp_path)
-
-
-def test_the_model_export_replaces_the_folder_whole_or_not_at_all(tmp_path, monkeypatch):
-    old, new, target = tmp_path / "old", tmp_path / "new", tmp_path / "out" / "model"
-    for folder, text in ((old, "old weights"), (new, "new weights")):
-        (folder / "sub").mkdir(parents=True)
-        (folder / "sub" / "w.bin").write_text(text)
-    (old / "stale.json").write_text("{}")
-    replace_folder(old, target)
-    replace_folder(new, target)
-    assert sorted(p.name for p in target.rglob("*")) == ["sub", "w.bin"]
-    assert (target / "sub" / "w.bin").read_text() == "new weights"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]  # nothing left beside it
-
-    def full_disk(src, dst, **kwargs):
-        Path(dst, "sub").mkdir(parents=True)
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(shutil, "copytree", full_disk)
-    with pytest.raises(OSError, match="No space left"):
-        replace_folder(old, target)
-    assert (target / "sub" / "w.bin").read_text() == "new weights"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]
 
 
 def test_a_resume_with_changed_training_data_exits_2_before_ray(tmp_path):

@@ -3,6 +3,8 @@
 - `atomic_write(path)`: write beside `path` under a unique temp name, fsync, rename over `path`,
   fsync the directory. Readers see the old file or the new one, never a mix; a failure (a full
   disk included) leaves the old file as it was and no temp file behind.
+- `replace_folder(source, target)`: the same for a whole folder (a model export): copied beside
+  `target`, fsynced, renamed in.
 - `Journal`: a write-ahead log of JSON lines (lines end at ``\\n`` only). Reading it back goes
   over bytes: a damaged line (bad UTF-8, bad JSON) is reported and skipped, and a torn last line
   (a write a crash cut short) is cut off before anything new is appended after it.
@@ -19,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -60,6 +63,31 @@ def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def replace_folder(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy `source` to `target`, replacing it: copied beside it and fsynced, then renamed in.
+    A crash leaves the previous folder (at worst as ``.<name>.<pid>.old`` beside it), never a
+    half-copied one under `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    new, old = (target.with_name(f".{target.name}.{os.getpid()}.{suffix}") for suffix in ("new", "old"))
+    for leftover in (new, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        shutil.copytree(source, new)
+        for path in new.rglob("*"):
+            if path.is_file():
+                with path.open("rb") as f:
+                    os.fsync(f.fileno())
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

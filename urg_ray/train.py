@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from urg_ray import resume
 from urg_ray.config import ConfigError, JobConfig
 from urg_ray.data import Record, write_records
 from urg_ray.data_order import batch_indices, steps_per_epoch
-from urg_ray.durable import fsync_dir
+from urg_ray.durable import replace_folder
 from urg_ray.protocol import RankerFuser, mean, model_class
 from urg_ray.resume import STATE_FILE
 from urg_ray.train_input import file_score_key, read_training_file
@@ -321,31 +320,6 @@ def best_checkpoint(results: list[tuple[Any, dict]], metric: str) -> tuple[Any, 
     None when no checkpoint has a value."""
     valid = [(c, m) for c, m in results if isinstance(m.get(metric), (int, float)) and not math.isnan(m[metric])]
     return max(valid, key=lambda cm: cm[1][metric], default=None)
-
-
-def replace_folder(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Copy `source` to `target`, replacing it: copied beside it and fsynced, then renamed in.
-    A crash leaves the previous folder (at worst as ``.<name>.<pid>.old`` beside it), never a
-    half-copied one under `target`."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    new, old = (target.with_name(f".{target.name}.{os.getpid()}.{suffix}") for suffix in ("new", "old"))
-    for leftover in (new, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    try:
-        shutil.copytree(source, new)
-        for path in new.rglob("*"):
-            if path.is_file():
-                with path.open("rb") as f:
-                    os.fsync(f.fileno())
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    fsync_dir(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def fit(cfg: JobConfig, records: dict[str, list[Record]], out_dir: str | os.PathLike, verbose: bool = False) -> dict:
