@@ -243,6 +243,7 @@ def _self_host(serve_config: Path, canned: bool) -> str:
     from ray import serve
 
     from serve.app import build_app
+    from serve.healthz import wait_ready
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -252,24 +253,9 @@ def _self_host(serve_config: Path, canned: bool) -> str:
     start = time.perf_counter()
     serve.run(build_app(_app_args(serve_config, canned)), name="urg", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
-    _wait_ready(url)
+    wait_ready(url, deadline_s=900)
     print(f"[serve_benchmark] {serve_config} ready in {time.perf_counter() - start:.1f} s on port {port}", flush=True)
     return url
-
-
-def _wait_ready(url: str, deadline_s: float = 900) -> None:
-    """Until /healthz says ready: every candidate and the ranker-fuser answered a warm-up."""
-    import httpx
-
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url}/healthz was not ready within {deadline_s:g} s")
 
 
 def main(argv: list[str] | None = None) -> int:

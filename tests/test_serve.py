@@ -27,6 +27,7 @@ ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
 from serve.app import build_app  # noqa: E402
+from serve.healthz import wait_ready  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -134,18 +135,6 @@ def gated_args(gate_url: str) -> dict:
                  limits={"max_in_flight": 1})
 
 
-def wait_ready(url: str, path: str, deadline_s: float = 600) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}{path}/healthz", timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{path or 'main'} never became ready")
-
-
 @pytest.fixture(scope="module")
 def gate():
     gate = Gate()
@@ -167,8 +156,8 @@ def base_url(gate):
         serve.run(build_app(faulty_args(url)), name="faulty", route_prefix="/faulty", blocking=False)
         serve.run(build_app(down_args(url)), name="down", route_prefix="/down", blocking=False)
         serve.run(build_app(gated_args(gate.url)), name="gated", route_prefix="/gated", blocking=False)
-        wait_ready(url, "")
-        wait_ready(url, "/gated")
+        wait_ready(url)
+        wait_ready(f"{url}/gated")
         yield url
     finally:
         serve.shutdown()
