@@ -1,9 +1,11 @@
 """What every job shares: the command line (--config FILE, repeated --set key=value, --out DIR,
---verbose), bad input ending the job with a one-line error and exit status 2, and Ray start-up."""
+--verbose), bad input ending the job with a one-line error and exit status 2, Ray start-up, and
+generation as the generate and best-of-n jobs run it."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any
@@ -57,3 +59,24 @@ def start_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
     # the dashboard serves the state API that Ray Train's placement-group cleaner polls
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **quiet)
     print(f"[ray] local Ray started; its logs: {LOCAL_LOGS}", flush=True)
+
+
+def run_generation(job: str, cfg: Any, out: str, prompts: list, problems: list[str], todo: int,
+                   verbose: bool = False) -> dict | int:
+    """`urg_ray.generate.generate` as a job runs it: the library's progress printed as ``[job]`` lines,
+    Ray started only when `todo` candidates are missing. Returns the summary, or the exit status
+    with the error printed: 2 when another run holds the output, 1 for an OSError (a full disk:
+    the journal keeps what was generated, a rerun finishes)."""
+    from urg_ray.durable import Locked
+    from urg_ray.generate import generate
+
+    logging.basicConfig(level=logging.INFO, format=f"[{job}] %(message)s", stream=sys.stdout)
+    if todo:
+        start_ray(verbose)
+    try:
+        return generate(cfg, out, prompts, problems)
+    except Locked as err:
+        return bad_input(err)
+    except OSError as err:
+        print(f"error: {err}; rerun to finish (nothing already generated is generated again)", file=sys.stderr)
+        return 1

@@ -23,12 +23,11 @@ atomically. Use `sampling.temperature` > 0: greedy samples of one model are all 
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import bad_input, job_config, job_parser, start_ray  # noqa: E402
+from _cli import bad_input, job_config, job_parser, run_generation  # noqa: E402
 
 from urg_ray.best_of_n import BestOfNConfig, pick_and_write, sample_prompts  # noqa: E402
 from urg_ray.config import ConfigError  # noqa: E402
@@ -56,18 +55,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({', '.join(f'{m.name} ({m.engine})' for m in cfg.models)}); {todo} samples to generate; "
           f"URG: {urg_source}", flush=True)
 
-    from urg_ray.generate import generate
-
-    logging.basicConfig(level=logging.INFO, format="[best_of_n] %(message)s", stream=sys.stdout)
-    if todo:
-        start_ray(args.verbose)
-    try:
-        summary = generate(cfg, args.out, samples, problems)
-    except Locked as err:
-        return bad_input(err)
-    except OSError as err:  # e.g. a full disk: the journal keeps what was generated
-        print(f"error: {err}; rerun to finish (nothing already generated is generated again)", file=sys.stderr)
-        return 1
+    summary = run_generation("best_of_n", cfg, args.out, samples, problems, todo, args.verbose)
+    if isinstance(summary, int):  # the error is printed
+        return summary
 
     result = pick_and_write(cfg, args.out, prompts, urg_source, summary)
     out = Path(args.out)

@@ -13,12 +13,11 @@ regenerates failed candidates. Then: python jobs/score.py --set input=OUT/candid
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import job_parser, start_ray  # noqa: E402
+from _cli import job_parser, run_generation  # noqa: E402
 
 from urg_ray.config import ConfigError, load_config  # noqa: E402
 from urg_ray.data import DataError  # noqa: E402
@@ -43,20 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[generate] {len(prompts)} prompts ({len(problems)} lines skipped) x {len(cfg.models)} models: "
           f"{', '.join(f'{m.name} ({m.engine})' for m in cfg.models)}; {todo} candidates to generate", flush=True)
 
-    from urg_ray.generate import generate
-
-    # the library logs its per-model progress; show it as the job's own lines
-    logging.basicConfig(level=logging.INFO, format="[generate] %(message)s", stream=sys.stdout)
-    if todo:
-        start_ray(args.verbose)
-    try:
-        summary = generate(cfg, args.out, prompts, problems)
-    except Locked as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # e.g. a full disk: the previous output is intact, the journal keeps what was generated
-        print(f"error: {err}; rerun to finish (nothing already generated is generated again)", file=sys.stderr)
-        return 1
+    summary = run_generation("generate", cfg, args.out, prompts, problems, todo, args.verbose)
+    if isinstance(summary, int):  # the error is printed
+        return summary
     print(f"[generate] {summary['records']} records, {summary['failed_candidates']} failed candidates "
           f"-> {summary['output']}")
     print(f"[generate] summary: {Path(args.out) / 'generate_summary.json'}")
