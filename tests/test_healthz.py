@@ -1,56 +1,45 @@
-"""serve/healthz.py: waiting for an app's /healthz, against a stub HTTP server (no Serve)."""
+"""serve/healthz.py: waiting for an app's /healthz, against scripted replies (no Serve)."""
 
-import json
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `serve/` is a top-level folder
 
-from serve.healthz import wait_ready  # noqa: E402
+import serve.healthz as healthz  # noqa: E402
 
 
 @pytest.fixture
-def warming_app():
-    """/healthz answers 503 (waiting for `a` and `b`), then 503 (waiting for `b`), then 200 for good."""
-    replies = [(503, ["a", "b"]), (503, ["b"])]
+def warming_app(monkeypatch):
+    """/healthz refuses the connection, answers 503 waiting for `a` and `b`, 503 waiting for `b`,
+    then 200 for good; returns the URLs asked."""
     asked = []
+    replies = [None, (503, ["a", "b"]), (503, ["b"])]
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            asked.append(self.path)
-            status, waiting = replies.pop(0) if replies else (200, [])
-            body = json.dumps({"waiting_for": waiting}).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def get(url, timeout):
+        asked.append(url)
+        reply = replies.pop(0) if replies else (200, [])
+        if reply is None:
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(reply[0], json={"waiting_for": reply[1]})
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", asked
-    server.shutdown()
+    monkeypatch.setattr(httpx, "get", get)
+    monkeypatch.setattr(healthz.time, "sleep", lambda s: None)
+    return asked
 
 
-def test_waits_through_503s_until_healthz_answers_200(warming_app):
-    url, asked = warming_app
-    wait_ready(url, deadline_s=60)
-    assert asked == ["/healthz"] * 3
+def test_waits_through_a_refused_connection_and_503s_until_200(warming_app):
+    healthz.wait_ready("http://app", deadline_s=60)
+    assert warming_app == ["http://app/healthz"] * 4
 
 
 def test_a_custom_ready_sees_the_health_body(warming_app):
-    url, asked = warming_app
-    wait_ready(url, deadline_s=60, ready=lambda reply: reply.json()["waiting_for"] == ["b"])
-    assert asked == ["/healthz"] * 2
+    healthz.wait_ready("http://app", deadline_s=60, ready=lambda reply: reply.json()["waiting_for"] == ["b"])
+    assert warming_app == ["http://app/healthz"] * 3
 
 
 def test_an_app_that_never_answers_is_a_timeout_naming_the_url():
     with pytest.raises(TimeoutError, match=r"http://127.0.0.1:9/healthz was not ready within 0.5 s"):
-        wait_ready("http://127.0.0.1:9", deadline_s=0.5)
+        healthz.wait_ready("http://127.0.0.1:9", deadline_s=0.5)
