@@ -224,8 +224,11 @@ def write_chart(data: dict, path: Path) -> Path:
     errors = np.array([[m - r["judge_win_low"], r["judge_win_high"] - m] for m, r in zip(means, rows)]).T
     ax.barh(y, means, xerr=errors, color=[colours[r["kind"]] for r in rows], capsize=2)
     ax.set_yticks(y, [r["name"] for r in rows], fontsize=7)
-    ax.set_xlabel(f"judge win % of the picked answer ({100 * data['confidence']:.0f}% bootstrap interval), "
-                  f"{data['n_records']} test instructions")
+    best = [r["judge_win_pct"] for r in rows if r["name"].startswith("Best single model")]
+    if best:
+        ax.axvline(best[0], color="#4c72b0", linestyle="--", linewidth=0.8)
+    ax.set_xlabel(f"judge win % of the picked answer ({100 * data['confidence']:.0f}% bootstrap interval)")
+    ax.set_title(f"{data['n_records']} test instructions, {len(data['ensemble'])} candidate models", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
