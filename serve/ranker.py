@@ -4,16 +4,18 @@ Every answer comes from `URG.rank_and_fuse` (`URG.rank` for the ranking endpoint
 unbatched, for streamed chat answers); this module only loads the model, groups the batched
 requests that share generation settings, and runs the model off the event loop so the next batch
 forms while this one computes. A batch that fails is retried item by item, so one bad request
-fails alone (`fuse_each`).
+fails alone (`fuse_each`). A request that finds the model idle starts at once; the batch wait
+applies only while a batch runs (`BusyBatchWait`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, Iterator, Sequence, TypeVar
 
 from ray import serve
 
@@ -66,6 +68,35 @@ async def fuse_each(run: Callable[[list[Item]], Awaitable[list[Any]]], items: Se
     return results
 
 
+class BusyBatchWait:
+    """`@serve.batch`'s `batch_wait_timeout_s`, in force only while a batch runs.
+
+    Serve waits that long after a batch's first request for others to join. On an idle model the
+    wait is pure latency for a lone request; while a batch runs, the next one cannot start before
+    it ends anyway, so waiting fills it for free. `running()` wraps each batch; `batchers` are the
+    `@serve.batch` methods sharing the model (anything with `set_batch_wait_timeout_s`).
+    """
+
+    def __init__(self, wait_s: float, batchers: Sequence[Any]):
+        self.wait_s, self.batchers, self.running_batches = wait_s, tuple(batchers), 0
+        self._set(0.0)
+
+    def _set(self, wait_s: float) -> None:
+        for batcher in self.batchers:
+            batcher.set_batch_wait_timeout_s(wait_s)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self.running_batches += 1
+        self._set(self.wait_s)
+        try:
+            yield
+        finally:
+            self.running_batches -= 1
+            if not self.running_batches:
+                self._set(0.0)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, health_check_period_s=5)
 class URGRankerFuser:
     def __init__(self, model: str, fallback_preset: str | None = "tiny", dtype: str = "float32",
@@ -85,9 +116,8 @@ class URGRankerFuser:
         self.trained = Path(source).is_dir()  # a save_pretrained folder; a preset name is untrained weights
         self.default_top_k = self.urg.config.top_k
         self._fuse_batch.set_max_batch_size(max_batch_size)
-        self._fuse_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._rank_batch.set_max_batch_size(max_batch_size)
-        self._rank_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.batch_wait = BusyBatchWait(batch_wait_timeout_s, (self._fuse_batch, self._rank_batch))
         log.info("URG ranker-fuser ready: %s (%s)%s", source, describe(self.urg),
                  "" if self.trained else "; UNTRAINED weights (a preset, not a checkpoint)")
 
@@ -144,7 +174,8 @@ class URGRankerFuser:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _rank_batch(self, items: list[tuple[str, tuple[str, ...]]]) -> list[dict[str, Any] | Exception]:
-        return await fuse_each(lambda batch: asyncio.to_thread(self._rank, batch), items, lambda item: None)
+        with self.batch_wait.running():
+            return await fuse_each(lambda batch: asyncio.to_thread(self._rank, batch), items, lambda item: None)
 
     def _rank(self, items: list[tuple[str, tuple[str, ...]]]) -> list[dict[str, Any]]:
         questions, candidates = [q for q, _ in items], [list(c) for _, c in items]
@@ -160,7 +191,8 @@ class URGRankerFuser:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _fuse_batch(self, items: list[FuseItem]) -> list[dict[str, Any] | Exception]:
-        return await fuse_each(self._run, items, FuseItem.group)
+        with self.batch_wait.running():
+            return await fuse_each(self._run, items, FuseItem.group)
 
     async def _run(self, items: list[FuseItem]) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._rank_and_fuse, items)
