@@ -8,8 +8,8 @@ Baseline rows (each ensemble model, random, always-longest, best single model on
 come from the data alone (urg_ray.judged_study). Each --model adds its rows by what it is: URG
 gives NAME-rank (its top-1) and NAME (fused) (its fused answer, scored against the reference
 only: no judge saw it); a PairRanker gives NAME (MaxLogits) and NAME (bubble); any other ranker
-NAME. Rows of models given in an earlier run are kept from OUT/real_records.json (--keep), so
-each model can be evaluated in its own short run. The split files are written on first use, as
+NAME. With --keep, the trained rows of earlier runs in OUT/real_records.json stay unless this
+run computes them again, so each model can be evaluated in its own short run. The split files are written on first use, as
 jobs/train.py does (data.judged).
 """
 
@@ -96,16 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         kept = []
         saved = Path(args.out) / "real_records.json"
         if args.keep and saved.is_file():
-            given = {n for n, _ in named}
             kept = [r for r in rows_from_json(json.loads(saved.read_text()), [r.id for r in records])
-                    if r.kind in ("ranker", "fusion") and not any(r.name.startswith(n) for n in given)]
+                    if r.kind in ("ranker", "fusion")]
     except (*INPUT_ERRORS, ValueError) as err:
         return bad_input(err)
 
     from urg_ray.protocol import load_model
 
-    for row in kept:
-        study.add_row(row)
     for name, path in named:
         model = load_model(path).eval()
         start = time.perf_counter()
@@ -113,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         add_model_rows(study, name, model, args.batch_size, args.max_new_tokens,
                        args.pair_aggregation or list(PAIR_AGGREGATIONS))
         print(f"[real_study] {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    for row in kept:  # rows of earlier runs that this run did not compute again
+        if row.name not in {r.name for r in study.rows}:
+            study.add_row(row)
+    kinds = ["model", "baseline", "oracle", "ranker", "fusion"]
+    study.rows.sort(key=lambda r: (kinds.index(r.kind), r.name if r.kind in ("ranker", "fusion") else ""))
     best = next(r.name for r in study.rows if r.name.startswith("Best single model"))
     trained = [r.name for r in study.rows if r.kind == "ranker"]
     urg = [n for n in trained if n.endswith("-rank")]

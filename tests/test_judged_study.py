@@ -122,4 +122,10 @@ def test_job_adds_urg_and_pair_ranker_rows(tiny, tmp_path):
     # a second run with only the baselines keeps the models' rows (--keep)
     assert real_study.main([*data, "--out", str(out), "--keep"]) == 0
     assert "URG-rank" in {row["name"] for row in json.loads((out / "real.json").read_text())["rows"]}
+    # one PairRanker aggregation again: the other one's row stays
+    assert real_study.main([*data, "--out", str(out), "--keep", "--model", f"Pair={tmp_path / 'pair'}",
+                            "--pair-aggregation", "bubble"]) == 0
+    again = {row["name"]: row for row in json.loads((out / "real.json").read_text())["rows"]}
+    assert {"Pair (MaxLogits)", "Pair (bubble)", "URG (fused)"} <= set(again)
+    assert again["Pair (bubble)"]["judge_win_pct"] == rows["Pair (bubble)"]["judge_win_pct"]  # the seeded pass again
     assert real_study.main([*data, "--out", str(out), "--model", "X=/no/such/folder"]) == 2
