@@ -231,3 +231,62 @@ def test_facts_file_round_trip_and_mismatch(tmp_path):
     path.write_text(lines[0] + "\n" + lines[1].replace('"task": "', '"task": "x') + "\n")
     with pytest.raises(ValueError, match=r"test.facts.jsonl:2: field 'task'"):
         synthetic.read_facts(path)
+
+
+# ---- question_names_facts: the question determines the reference ----------------------------------
+def test_default_records_are_unchanged_by_the_question_names_facts_knob():
+    # sha256 of the records and candidate facts urg_ray/synthetic.py made before the knob existed
+    # (computed with that version, commit 4ed4bdc): `make run`, tiny.yaml and the study keep their data
+    import hashlib
+    import json
+
+    def digest(**kw) -> str:
+        made = synthetic.make_examples(40, score=False, **kw)
+        return hashlib.sha256(json.dumps([(e.record, repr(e.candidate_facts)) for e in made],
+                                         sort_keys=True).encode()).hexdigest()
+
+    assert digest() == "7b4f503cce39770e6d82a741a8a3317725060058029171ecc1a886ef01f102bd"
+    assert digest(n_candidates=4, seed=2, coverage=0.5, complementary=True) == (
+        "8031994b5622970ae3555060c1287842598696066e8be71ecb7c5df74094da32")
+
+
+def test_a_question_naming_its_facts_determines_the_reference():
+    cfg = synthetic.SyntheticConfig(question_names_facts=True)
+    pools = {t: synthetic._topic_pool(t, cfg) for t in synthetic.TOPICS[: cfg.n_topics]}
+    examples = synthetic.make_examples(200, 3, seed=5, config=cfg, score=False)
+    for ex in examples:
+        asked = re.search(r"Say (.*)\.$", ex.record["instruction"]).group(1)
+        facts_by_topic = {}
+        for topic, verbs in re.findall(r"what the (\w+) does to ([\w ,]+?)(?=, and what|$)", asked):
+            by_verb = {f.verb: f for f in pools[topic]}  # a topic's verbs are distinct
+            facts_by_topic[topic] = [by_verb[v] for v in re.split(r", | and ", verbs)]
+        first, *second = [facts_by_topic[t] for t in ex.topics]
+        if second:  # a compare reference alternates its topics: A, B, A, ...
+            first = [f for pair in zip(first, [*second[0], None]) for f in pair if f is not None]
+        # the question and the world alone rebuild the reference, in its order
+        assert synthetic.render_reference(ex.task, ex.topics, tuple(first)) == ex.record["output"]
+    assert {ex.task for ex in examples} == set(synthetic.TASKS)
+
+
+def test_named_questions_keep_the_cards_error_rates_and_a_wrong_fact_keeps_the_asked_verb():
+    examples = synthetic.make_examples(300, 8, seed=6, question_names_facts=True, score=False)
+    normal = [(ex, i) for ex in examples for i, k in enumerate(ex.kinds) if k == "normal"]
+    wrong = [(f, ex) for ex, i in normal for f in ex.candidate_facts[i] if f not in ex.reference_facts]
+    assert wrong and all(f.verb in {r.verb for r in ex.reference_facts} for f, ex in wrong)
+    # the define specialist (oasst, 0.05) is right more often on define than the list one (koala, 0.40)
+    def right(model: int, task: str) -> float:
+        rows = [(ex, i) for ex, i in normal if i == model and ex.task == task]
+        return mean(sum(f in ex.reference_facts for f in ex.candidate_facts[i]) / len(ex.reference_facts)
+                    for ex, i in rows)
+
+    assert right(0, "define") > right(1, "define") + 0.15
+
+
+def test_stated_facts_reads_back_the_facts_of_a_text():
+    examples = synthetic.make_examples(100, 8, seed=7, question_names_facts=True, score=False)
+    pairs = [(ex, i) for ex in examples for i, k in enumerate(ex.kinds) if k == "normal"]
+    assert all(synthetic.stated_facts(ex.record["candidates"][i]["text"], ex.topics) == ex.candidate_facts[i]
+               for ex, i in pairs)
+    fact = synthetic._topic_pool("kiln", synthetic.SyntheticConfig())[0]
+    text = f"Unlike the kiln, the harbor {fact.third_person()}. It {fact.verb} {fact.rest}x. Then zzz."
+    assert synthetic.stated_facts(text, ("kiln", "harbor")) == (synthetic.Fact("harbor", fact.verb, fact.rest),)

@@ -9,6 +9,9 @@ The generative story, and why each part is there:
   benefits) and names a topic (two for compare; sometimes in ``input``). The reference is K
   facts from the topic's pool in a random order, in the task's template: the question names
   the pool, only the candidates tell which facts in which order, so a fuser must read them.
+  With ``question_names_facts`` the question also names what is asked (the topic and verb of
+  each fact, in order: "... Say what the kiln does to keep and warm."), so the question and the
+  world determine the reference: an LLM that learned the world can be right (urg_ray.train_llms).
 * **Candidate models** carry MixInstruct's model names and an error rate per (model, task)
   (:data:`MODEL_CARDS`), so no model is best everywhere. A model drops whole facts or replaces
   them with wrong ones (mostly from the same topic: only agreement between candidates exposes
@@ -141,6 +144,9 @@ class SyntheticConfig:
     # every fact is covered about equally often; else each candidate's share is a random subset
     complementary: bool = False
     max_words: int = 60  # candidate texts are cut at this many words
+    # the question names each reference fact's topic and verb (in order), so it determines the
+    # reference; a wrong fact then keeps the asked verb with another fact's object
+    question_names_facts: bool = False
     shuffle_candidates: bool = False  # MixInstruct keeps a fixed model order
     world_seed: int = 0  # the world (fact pools); keep it equal across splits
     metrics: tuple[str, ...] = ("bleu", "rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -266,6 +272,40 @@ def strip_style(example: SyntheticExample, i: int) -> str:
     return render_reference(example.task, example.topics_of(i), example.candidate_facts[i])
 
 
+def facts_asked(topics: tuple[str, ...], facts: tuple[Fact, ...]) -> str:
+    """The sentence a ``question_names_facts`` question ends with: each topic's verbs, in the
+    reference's order (a compare reference alternates its two topics, so this fixes its order)."""
+    def listed(words: list[str]) -> str:
+        return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+    parts = [f"what the {t} does to {listed([f.verb for f in facts if f.subject == t])}"
+             for t in topics if any(f.subject == t for f in facts)]
+    return f"Say {', and '.join(parts)}."
+
+
+def stated_facts(text: str, topics: tuple[str, ...], config: SyntheticConfig | None = None) -> tuple[Fact, ...]:
+    """The facts a free text (e.g. an LLM's answer) states, in order: each verb of the world (third
+    person or base form) followed by an object some fact of the world has, about the topic last
+    named before it (default ``topics[0]``). A garbled object states no fact; right and wrong
+    facts both count (compare with the reference's)."""
+    import re
+
+    cfg = config or SyntheticConfig()
+    world = TOPICS[: cfg.n_topics]
+    objects = sorted({f.rest for t in world for f in _topic_pool(t, cfg)}, key=len, reverse=True)
+    verbs = {Fact("", v, "").third_person().strip(): v for v in _VERBS} | {v: v for v in _VERBS}
+    lowered = text.lower()
+    named = [(m.start(), m.group(1)) for m in re.finditer(r"\b(" + "|".join(world) + r")\b", lowered)]
+    facts = []
+    for m in re.finditer(r"\b(" + "|".join(sorted(verbs, key=len, reverse=True)) + r") ", lowered):
+        rest = next((o for o in objects if lowered.startswith(o, m.end())
+                     and not lowered[m.end() + len(o): m.end() + len(o) + 1].isalpha()), None)
+        if rest is not None:
+            subject = next((t for start, t in reversed(named) if start < m.start()), topics[0])
+            facts.append(Fact(subject, verbs[m.group(1)], rest))
+    return tuple(facts)
+
+
 def _reference(rng: random.Random, topics: tuple[str, ...], pools: dict[str, tuple[Fact, ...]],
                cfg: SyntheticConfig) -> tuple[Fact, ...]:
     k = rng.randint(cfg.min_facts, cfg.max_facts)
@@ -289,9 +329,12 @@ def _model_facts(rng: random.Random, error_rate: float, reference: tuple[Fact, .
             source = fact.subject if rng.random() < cfg.wrong_same_topic else rng.choice(
                 [t for t in pools if t != fact.subject])
             wrong = [f for f in pools[source] if f not in (known or reference)]
+            if cfg.question_names_facts:  # the asked verb, misremembered: another fact's object
+                wrong = [f for f in wrong if f.rest != fact.rest]
             if wrong:  # (a pool no larger than the answer has nothing wrong to offer)
                 choice = rng.choice(wrong)
-                facts.append(Fact(fact.subject, choice.verb, choice.rest))
+                verb = fact.verb if cfg.question_names_facts else choice.verb
+                facts.append(Fact(fact.subject, verb, choice.rest))
     return tuple(facts) or (rng.choice(reference),)
 
 
@@ -407,6 +450,8 @@ def make_examples(n: int, n_candidates: int = 8, seed: int = 0, config: Syntheti
         else:
             instruction, input_text = rng.choice(INSTRUCTIONS[task]).format(*topics), ""
         reference = _reference(rng, topics, pools, cfg)
+        if cfg.question_names_facts:
+            instruction = f"{instruction} {facts_asked(topics, reference)}"
         shared = [rng.random() for _ in reference]  # error draws common to all models
         order = rng.sample(models, len(models)) if cfg.shuffle_candidates else models
         covers = _coverage(rng, len(reference), len(order), cfg) if cfg.coverage < 1 else [None] * len(order)
