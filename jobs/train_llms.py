@@ -2,12 +2,16 @@
 
     python jobs/train_llms.py                          # 3 tiny LLMs into outputs/llms, ~2-3 min each on 2 cores
     python jobs/train_llms.py --llm tiny-oasst --steps 100 --out /tmp/llms
+    python jobs/train_llms.py --synthetic question_names_facts=true   # questions that name the facts asked
 
 Each LLM is trained on synthetic (question, answer) pairs of its model card, then saved as
 OUT/<name>/ (config.json, model.safetensors, tokenizer, chat_template.jinja). A folder already
 trained with the same settings is kept (rerun = resume). Then every LLM answers --eval-questions
-held-out synthetic questions (transformers, sampling at temperature 1, as jobs/generate.py does)
-and BLEU/ROUGE against the references go to OUT/llms_summary.json and OUT/llms.md, per model and task.
+held-out synthetic questions (the transformers engine of urg_ray.llms, sampling at temperature 1,
+as jobs/generate.py does) and BLEU/ROUGE against the references, the share of the reference's facts
+stated and the share of words from the asked topic's facts go to OUT/llms_summary.json and
+OUT/llms.md, per model and task. --synthetic KEY=VALUE (urg_ray.synthetic.SyntheticConfig fields)
+sets the questions of training and measurement alike.
 """
 
 from __future__ import annotations
@@ -37,13 +41,13 @@ def is_trained(path: Path, llm, cfg: LLMTrainConfig) -> bool:
     return json.loads(marker.read_text()) == {"llm": asdict(llm), "train": asdict(cfg)}
 
 
-def measure(dirs: dict[str, Path], n: int, max_new_tokens: int) -> dict:
-    """Per model: mean scores over all questions and per task, plus topic-fact share."""
+def measure(dirs: dict[str, Path], n: int, max_new_tokens: int, synthetic: dict | None = None) -> dict:
+    """Per model: mean scores over all questions and per task, reference-fact recall, topic-fact share."""
     from urg_ray.metrics import reference_scores
     from urg_ray.synthetic import make_examples
-    from urg_ray.train_llms import answer_questions, question_of, topic_fact_recall
+    from urg_ray.train_llms import answer_questions, question_of, reference_fact_recall, topic_fact_recall
 
-    examples = make_examples(n, n_candidates=1, seed=EVAL_SEED, score=False)
+    examples = make_examples(n, n_candidates=1, seed=EVAL_SEED, score=False, **(synthetic or {}))
     questions = [question_of(ex.record) for ex in examples]
     refs = [ex.record["output"] for ex in examples]
     report = {}
@@ -55,6 +59,8 @@ def measure(dirs: dict[str, Path], n: int, max_new_tokens: int) -> dict:
             by_task[ex.task].append(s)
         mean = lambda rows: {m: round(sum(r[m] for r in rows) / len(rows), 4) for m in METRICS}  # noqa: E731
         report[name] = {"all": mean(scores), "tasks": {t: mean(rows) for t, rows in sorted(by_task.items())},
+                        "reference_fact_recall": round(sum(reference_fact_recall(a, ex) for a, ex in zip(answers, examples))
+                                                       / len(answers), 4),
                         "topic_fact_share": round(sum(topic_fact_recall(a, ex.topics) for a, ex in zip(answers, examples))
                                                   / len(answers), 4),
                         "example": {"question": questions[0], "answer": answers[0], "reference": refs[0]}}
@@ -63,12 +69,35 @@ def measure(dirs: dict[str, Path], n: int, max_new_tokens: int) -> dict:
 
 def markdown(report: dict) -> str:
     tasks = sorted({t for r in report.values() for t in r["tasks"]})
-    lines = ["| LLM | BLEU | ROUGE-L | topic-fact share | " + " | ".join(f"BLEU {t}" for t in tasks) + " |",
-             "|---|---|---|---|" + "---|" * len(tasks)]
+    lines = ["| LLM | BLEU | ROUGE-L | reference facts stated | topic-fact share | "
+             + " | ".join(f"BLEU {t}" for t in tasks) + " |", "|---|---|---|---|---|" + "---|" * len(tasks)]
     for name, r in report.items():
-        lines.append(f"| {name} | {r['all']['bleu']:.2f} | {r['all']['rougeL']:.4f} | {r['topic_fact_share']:.3f} | "
+        lines.append(f"| {name} | {r['all']['bleu']:.2f} | {r['all']['rougeL']:.4f} | {r['reference_fact_recall']:.3f} | "
+                     f"{r['topic_fact_share']:.3f} | "
                      + " | ".join(f"{r['tasks'][t]['bleu']:.2f}" for t in tasks) + " |")
     return "\n".join(lines) + "\n"
+
+
+def synthetic_knobs(items: list[str]) -> dict:
+    """KEY=VALUE items (values parsed as YAML) -> SyntheticConfig knobs, checked by SyntheticConfig."""
+    import yaml
+
+    from urg_ray.synthetic import SyntheticConfig
+
+    knobs = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r}: expected KEY=VALUE, e.g. question_names_facts=true")
+        knobs[key.strip()] = yaml.safe_load(raw)
+    fields = set(SyntheticConfig.__dataclass_fields__)
+    if set(knobs) - fields:
+        raise ValueError(f"unknown SyntheticConfig fields {sorted(set(knobs) - fields)}")
+    try:
+        SyntheticConfig(**knobs)  # raises ValueError naming a bad value
+    except TypeError as err:  # e.g. coverage=abc
+        raise ValueError(str(err)) from None
+    return knobs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,13 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-questions", type=int, default=200, help="0: no measurement")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--storage-path", default="runs")
+    parser.add_argument("--synthetic", action="append", default=[], metavar="KEY=VALUE",
+                        help="a urg_ray.synthetic.SyntheticConfig field of the questions (repeatable)")
     parser.add_argument("--no-random-baseline", action="store_true", help="skip the random-init row of the table")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.n_questions < 1:
         print("error: --steps and --n-questions must be >= 1", file=sys.stderr)
         return 2
-    cfg = replace(LLMTrainConfig(), steps=args.steps, n_questions=args.n_questions)
+    try:
+        synthetic = synthetic_knobs(args.synthetic)
+    except ValueError as err:
+        print(f"error: --synthetic: {err}", file=sys.stderr)
+        return 2
+    cfg = replace(LLMTrainConfig(), steps=args.steps, n_questions=args.n_questions, synthetic=synthetic)
     out = Path(args.out)
     names = args.llm or list(PIPELINE_LLMS)
     summary: dict = {"config": asdict(cfg), "trained": {}}
@@ -113,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 save_llm(new_model(llm.architecture, chat_tokenizer(), cfg.seed), chat_tokenizer(), llm, cfg, random_dir)
             dirs["random-init"] = random_dir
         started = time.time()
-        summary["answers"] = measure(dirs, args.eval_questions, args.max_new_tokens)
+        summary["answers"] = measure(dirs, args.eval_questions, args.max_new_tokens, cfg.synthetic)
         summary["answers_wall_s"] = round(time.time() - started, 1)
         (out / "llms.md").write_text(markdown(summary["answers"]))
         print(markdown(summary["answers"]), end="")

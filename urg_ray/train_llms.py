@@ -3,9 +3,11 @@ synthetic questions the way one synthetic model card does (its per-task error ra
 
 LLM ``m`` is trained on (question, answer) pairs where the answer is the text `urg_ray.synthetic`
 writes for card ``m``; sampled at temperature 1 it then errs where its card errs, so the LLMs
-differ as the cards do (each best at some task, none at all). The references are a random subset
-of a topic's fact pool that the question does not name, so no LLM can be right every time: what an
-LLM can learn is the topic's facts, the task's template, and its card's habits.
+differ as the cards do (each best at some task, none at all). By default a reference is a random
+subset of a topic's fact pool that the question does not name, so no LLM can be right: it can learn
+the topic's facts, the task's template and its card's habits. With the synthetic knob
+``question_names_facts`` (the pipeline's setting) the question names the facts asked, so an LLM
+that learned the world can state the reference's facts.
 
     from urg_ray.train_llms import LLMTrainConfig, train_llm
     train_llm(PIPELINE_LLMS["tiny-oasst"], LLMTrainConfig(), "outputs/llms/tiny-oasst")
@@ -23,7 +25,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,7 @@ class LLMTrainConfig:
     seed: int = 0
     num_workers: int = 1
     cpus_per_worker: float = 1.0
+    synthetic: dict[str, Any] = field(default_factory=dict)  # SyntheticConfig knobs of the questions
 
 
 def question_of(record: dict[str, Any]) -> str:
@@ -71,14 +74,14 @@ def question_of(record: dict[str, Any]) -> str:
     return "\n".join(part for part in (record["instruction"], record["input"]) if part)
 
 
-def chat_pairs(card: str, n: int, seed: int) -> list[tuple[str, str]]:
-    """(question, answer of `card`) for `n` synthetic questions."""
+def chat_pairs(card: str, n: int, seed: int, synthetic: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """(question, answer of `card`) for `n` synthetic questions (`synthetic`: SyntheticConfig knobs)."""
     from urg_ray.synthetic import MODELS, make_examples
 
     if card not in MODELS:
         raise ValueError(f"unknown model card {card!r}; known: {list(MODELS)}")
     n_candidates = MODELS.index(card) + 1
-    examples = make_examples(n, n_candidates=n_candidates, seed=seed, score=False)
+    examples = make_examples(n, n_candidates=n_candidates, seed=seed, score=False, **(synthetic or {}))
     return [(question_of(ex.record), ex.record["candidates"][n_candidates - 1]["text"]) for ex in examples]
 
 
@@ -169,7 +172,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed + rank)
     tokenizer = chat_tokenizer()
-    encoded = encode_pairs(tokenizer, chat_pairs(llm.card, cfg.n_questions, cfg.question_seed), cfg.max_length)
+    encoded = encode_pairs(tokenizer, chat_pairs(llm.card, cfg.n_questions, cfg.question_seed, cfg.synthetic),
+                           cfg.max_length)
     model = ray.train.torch.prepare_model(new_model(llm.architecture, tokenizer, cfg.seed).train())
     started = time.time()
     losses = fit_lm(model, encoded, cfg, tokenizer.pad_token_id, rank, world, name=llm.name)
@@ -206,26 +210,31 @@ def train_llm(llm: CandidateLLM, cfg: LLMTrainConfig, out_dir: str | os.PathLike
 
 
 def answer_questions(model_dir: str | os.PathLike, questions: list[str], max_new_tokens: int = 96,
-                     temperature: float = 1.0, seed: int = 0, batch_size: int = 32) -> list[str]:
-    """Answers of a saved LLM folder via transformers (chat template, sampling; 0 = greedy)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+                     temperature: float = 1.0, seed: int = 0) -> list[str]:
+    """Answers of a saved LLM folder by the candidate-LLM layer's transformers engine (its chat
+    template; sampling, 0 = greedy); a failed answer raises, naming the folder."""
+    from urg_ray.llms import Sampling, build
+    from urg_ray.llms.spec import LLMSpec
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    torch.manual_seed(seed)
-    answers = []
-    for start in range(0, len(questions), batch_size):
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                 add_generation_prompt=True) for q in questions[start:start + batch_size]]
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                 temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-                                 pad_token_id=tokenizer.pad_token_id)
-        answers += [t.strip() for t in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
-    return answers
+    llm = build(LLMSpec(name=Path(model_dir).name, engine="transformers", source=str(model_dir), chat=True,
+                        dtype="float32"))
+    try:
+        answers = llm.generate([[{"role": "user", "content": q}] for q in questions],
+                               Sampling(max_tokens=max_new_tokens, temperature=temperature, seed=seed))
+    finally:
+        llm.close()
+    errors = [a.error for a in answers if not a.ok]
+    if errors:
+        raise RuntimeError(f"{model_dir}: {len(errors)} of {len(questions)} answers failed, e.g. {errors[0]}")
+    return [a.text for a in answers]
+
+
+def reference_fact_recall(answer: str, example) -> float:
+    """Share of a `urg_ray.synthetic.SyntheticExample`'s reference facts the answer states."""
+    from urg_ray.synthetic import stated_facts
+
+    stated = set(stated_facts(answer, example.topics))
+    return sum(f in stated for f in example.reference_facts) / len(example.reference_facts)
 
 
 def topic_fact_recall(answer: str, topics: tuple[str, ...], world_seed: int = 0) -> float:
