@@ -7,9 +7,13 @@
 
 Stages, each a command run in a subprocess (see `stages`): data (synthetic questions with
 references), llms (jobs/train_llms.py), generate (jobs/generate.py: the trained LLMs on vLLM via
-ray.data.llm), score (jobs/score.py), split (the scored answers into train/dev/test), train
-(jobs/train.py: URG on those candidates), evaluate (jobs/evaluate.py on test), report (the table
-with a bootstrap interval, into --results), serve-config (DIR/serve.yaml for `serve run`).
+ray.data.llm), score (jobs/score.py), split (the scored answers into train/dev/test, with the facts
+each answer states beside them), train (jobs/train.py: URG on those candidates), evaluate
+(jobs/evaluate.py --bounds on test), report (the table with a bootstrap interval, into --results),
+serve-config (DIR/serve.yaml for `serve run`).
+
+The config (jobs/configs/pipeline.yaml) is a `PipelineConfig`: a missing, unknown or bad key
+stops the run before any stage, naming the key and the file.
 
 Resume: a finished stage leaves DIR/stamps/STAGE.json (its command, written after its outputs
 exist); a rerun skips a stage whose stamp names the same command and whose outputs exist, and
@@ -27,13 +31,86 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import INPUT_ERRORS  # noqa: E402
+
+from urg_ray.config import ConfigError, load_config  # noqa: E402
 
 JOBS = Path(__file__).resolve().parent
 PY = sys.executable
 DEFAULT_CONFIG = JOBS / "configs" / "pipeline.yaml"
 SPLITS = ("train", "dev", "test")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitSizes(_Strict):
+    train: int = Field(ge=1)
+    dev: int = Field(ge=1)
+    test: int = Field(ge=1)
+
+
+class URGStage(_Strict):
+    config: str  # a jobs/train.py config (e.g. jobs/configs/tiny.yaml)
+    set: list[str] = Field(default_factory=list)  # its --set overrides
+
+
+class PipelineConfig(_Strict):
+    """jobs/configs/pipeline.yaml."""
+
+    seed: int = 0  # splits use seeds seed, seed+1, seed+2 (the LLMs train on urg_ray.train_llms' seed)
+    n: SplitSizes  # questions per split
+    llms: list[str] = Field(min_length=2)  # keys of urg_ray.train_llms.PIPELINE_LLMS
+    llm_steps: int = Field(ge=1)  # training steps per LLM
+    llm_questions: int | None = Field(None, ge=1)  # their training questions (None: LLMTrainConfig's)
+    llm_eval_questions: int = Field(ge=1)  # held-out questions their table (llms.md, in the report) measures
+    synthetic: dict[str, Any] = Field(default_factory=dict)  # urg_ray.synthetic.SyntheticConfig knobs, everywhere
+    generate_config: str  # jobs/generate.py settings with a model_template
+    train: URGStage
+
+    @field_validator("llms")
+    @classmethod
+    def _known_llms(cls, names: list[str]) -> list[str]:
+        from urg_ray.train_llms import PIPELINE_LLMS
+
+        unknown = [n for n in names if n not in PIPELINE_LLMS]
+        if unknown or len(set(names)) < len(names):
+            raise ValueError(f"unknown or repeated LLMs {unknown or names}; known: {sorted(PIPELINE_LLMS)}")
+        return names
+
+    @field_validator("synthetic")
+    @classmethod
+    def _synthetic_knobs(cls, knobs: dict[str, Any]) -> dict[str, Any]:
+        from urg_ray.synthetic import _config
+
+        try:
+            _config(None, knobs)
+        except TypeError as err:  # e.g. coverage: abc
+            raise ValueError(str(err)) from None
+        return knobs
+
+    @field_validator("generate_config")
+    @classmethod
+    def _a_file(cls, path: str) -> str:
+        if not Path(path).is_file():
+            raise ValueError(f"no such file {path}")
+        return path
+
+
+def load_pipeline_config(path: str) -> PipelineConfig:
+    """`path` validated; raises ConfigError naming the file and the key."""
+    return load_config(path, schema=PipelineConfig)
+
+
+class ReportError(RuntimeError):
+    pass
 
 
 @dataclass
@@ -43,6 +120,7 @@ class Stage:
     inputs: list[str] = field(default_factory=list)  # files or folders it reads (named when it fails)
     outputs: list[str] = field(default_factory=list)  # what must exist for it to count as done
     heavy: bool = True  # starts Ray / trains / loads models: run under --wrap (the light steps run bare)
+    settings: str = ""  # what it reads from the config beyond its command (a changed value reruns it)
 
 
 class StageFailed(RuntimeError):
@@ -58,7 +136,8 @@ def is_done(stamps: Path, stage: Stage) -> bool:
     if not stamp.is_file():
         return False
     try:
-        same = json.loads(stamp.read_text()).get("command") == stage.command
+        done = json.loads(stamp.read_text())
+        same = done.get("command") == stage.command and done.get("settings", "") == stage.settings
     except ValueError:
         return False
     return same and all(Path(p).exists() for p in stage.outputs)
@@ -91,93 +170,123 @@ def run_stages(stages: list[Stage], stamps: Path, redo_from: str | None = None, 
         if absent:
             raise StageFailed(f"stage {stage.name} exited 0 but did not write {absent[0]}")
         wall = round(time.time() - started, 1)
-        stamp_of(stamps, stage).write_text(json.dumps({"command": stage.command, "wall_s": wall}))
+        stamp_of(stamps, stage).write_text(json.dumps({"command": stage.command, "settings": stage.settings,
+                                                       "wall_s": wall}))
         print(f"[pipeline] {stage.name}: done in {wall} s", flush=True)
         ran.append(stage.name)
     return ran
 
 
-def stages(cfg: dict, d: Path, config_path: str, results: Path) -> list[Stage]:
+def stages(cfg: PipelineConfig, d: Path, config_path: str, results: Path) -> list[Stage]:
     """The pipeline's stages for config `cfg` (jobs/configs/pipeline.yaml) and work folder `d`."""
     me = [PY, str(JOBS / "pipeline.py"), "--config", config_path, "--dir", str(d)]
     data, llms, gen, scored = d / "data", d / "llms", d / "generate", d / "scored"
-    llm_names = list(cfg["llms"])
-    t = cfg["train"]
+    llm_names = list(cfg.llms)
+    t = cfg.train
     split_files = {s: str(scored / f"{s}.jsonl") for s in SPLITS}
+    test_facts = str(scored / "test.facts.jsonl")
+    data_settings = cfg.model_dump_json(include={"seed", "n", "llms", "synthetic"}) + Path(cfg.generate_config).read_text()
     return [
-        Stage("data", [*me, "_data"], [], [str(data / "prompts.jsonl"), str(d / "generate.yaml")], heavy=False),
+        Stage("data", [*me, "_data"], [], [str(data / "prompts.jsonl"), str(data / "test.facts.jsonl"),
+                                           str(d / "generate.yaml")], heavy=False, settings=data_settings),
         Stage("llms", [PY, str(JOBS / "train_llms.py"), "--out", str(llms), "--storage-path", str(d / "runs"),
-                       "--steps", str(cfg["llm_steps"]), "--eval-questions", str(cfg["llm_eval_questions"]),
+                       "--steps", str(cfg.llm_steps), "--eval-questions", str(cfg.llm_eval_questions),
+                       *(["--n-questions", str(cfg.llm_questions)] if cfg.llm_questions else []),
+                       *[a for k, v in cfg.synthetic.items() for a in ("--synthetic", f"{k}={json.dumps(v)}")],
                        *[a for n in llm_names for a in ("--llm", n)]],
-              [], [str(llms / n / "config.json") for n in llm_names] + [str(llms / "llms_summary.json")]),
+              [], [str(llms / n / "config.json") for n in llm_names]
+              + [str(llms / "llms_summary.json"), str(llms / "llms.md")]),
         Stage("generate", [PY, str(JOBS / "generate.py"), "--config", str(d / "generate.yaml"),
                            "--set", f"prompts={data / 'prompts.jsonl'}", "--out", str(gen)],
               [str(data / "prompts.jsonl"), *[str(llms / n) for n in llm_names]], [str(gen / "candidates.jsonl")]),
         Stage("score", [PY, str(JOBS / "score.py"), "--set", f"input={gen / 'candidates.jsonl'}",
                         "--out", str(d / "score")],
               [str(gen / "candidates.jsonl")], [str(d / "score" / "candidates.jsonl")]),
-        Stage("split", [*me, "_split"], [str(d / "score" / "candidates.jsonl")], list(split_files.values()), heavy=False),
-        Stage("train", [PY, str(JOBS / "train.py"), "--config", t["config"], *[a for kv in t.get("set", [])
-                        for a in ("--set", kv)],
+        Stage("split", [*me, "_split"], [str(d / "score" / "candidates.jsonl"), str(data / "test.facts.jsonl")],
+              [*split_files.values(), test_facts], heavy=False, settings=json.dumps(cfg.synthetic)),
+        Stage("train", [PY, str(JOBS / "train.py"), "--config", t.config, *[a for kv in t.set for a in ("--set", kv)],
                         "--set", f"data.train_file={split_files['train']}", "--set", f"data.dev_file={split_files['dev']}",
                         "--set", f"data.test_file={split_files['test']}", "--set", "data.synthetic=false",
                         "--set", f"train.storage_path={d / 'runs'}", "--out", str(d / "train")],
               [split_files["train"], split_files["dev"]], [str(d / "train" / "model")]),
-        Stage("evaluate", [PY, str(JOBS / "evaluate.py"), "--config", t["config"], "--urg", f"URG={d / 'train' / 'model'}",
-                           "--test-file", split_files["test"], "--out", str(d / "eval")],
-              [str(d / "train" / "model"), split_files["test"]], [str(d / "eval" / "eval.json")]),
+        Stage("evaluate", [PY, str(JOBS / "evaluate.py"), "--config", t.config, *[a for kv in t.set for a in ("--set", kv)],
+                           "--urg", f"URG={d / 'train' / 'model'}", "--test-file", split_files["test"],
+                           "--bounds", "--facts", test_facts, "--out", str(d / "eval")],
+              [str(d / "train" / "model"), split_files["test"], test_facts], [str(d / "eval" / "eval.json")]),
         Stage("report", [*me, "_report", "--results", str(results)],
-              [str(d / "eval" / "eval.json"), str(llms / "llms_summary.json")], [str(results / "README.md")], heavy=False),
-        Stage("serve-config", [*me, "_serve_config"], [str(d / "train" / "model")], [str(d / "serve.yaml")], heavy=False),
+              [str(d / "eval" / "eval.json"), str(llms / "llms_summary.json"), str(llms / "llms.md")],
+              [str(results / "README.md")], heavy=False, settings=json.dumps(cfg.llms)),
+        Stage("serve-config", [*me, "_serve_config"], [str(d / "train" / "model")], [str(d / "serve.yaml")], heavy=False,
+              settings=json.dumps(cfg.llms)),
     ]
 
 
 # ---- the pipeline's own small steps (run as stages, in a subprocess like the jobs) ------------
-def make_data(cfg: dict, d: Path) -> None:
-    """Synthetic splits (references + the cards' own answers, for reference) and one prompts file
-    for all three splits, so each LLM's vLLM engine starts once."""
+def make_data(cfg: PipelineConfig, d: Path) -> None:
+    """Synthetic splits (references + the cards' own answers, for reference; their facts beside
+    them) and one prompts file for all three splits, so each LLM's vLLM engine starts once."""
     from urg_ray.data import write_records
-    from urg_ray.synthetic import make_dataset
+    from urg_ray.synthetic import make_examples, write_facts
 
     prompts = []
     for offset, split in enumerate(SPLITS):
-        records = make_dataset(cfg["n"][split], n_candidates=len(cfg["llms"]), seed=cfg["seed"] + offset, id_prefix=split)
+        examples = make_examples(getattr(cfg.n, split), n_candidates=len(cfg.llms), seed=cfg.seed + offset,
+                                 id_prefix=split, **cfg.synthetic)
+        records = [ex.record for ex in examples]
         write_records(d / "data" / f"{split}.jsonl", records)
+        write_facts(d / "data" / f"{split}.facts.jsonl", examples)
         prompts += [{k: r[k] for k in ("id", "instruction", "input", "output")} for r in records]
     with open(d / "data" / "prompts.jsonl", "w") as f:
         f.writelines(json.dumps(p) + "\n" for p in prompts)
-    gen = yaml.safe_load(Path(cfg["generate_config"]).read_text())
+    gen = yaml.safe_load(Path(cfg.generate_config).read_text())
+    if not isinstance(gen, dict) or "model_template" not in gen:
+        raise ConfigError(f"{cfg.generate_config}: needs a model_template mapping (copied once per LLM)")
     template = gen.pop("model_template")
-    gen["models"] = [{**template, "name": n, "source": str((d / "llms" / n).resolve())} for n in cfg["llms"]]  # Ray workers may not share our cwd
+    gen["models"] = [{**template, "name": n, "source": str((d / "llms" / n).resolve())} for n in cfg.llms]  # Ray workers may not share our cwd
     (d / "generate.yaml").write_text(yaml.safe_dump(gen, sort_keys=False))
 
 
-def split_scored(d: Path) -> None:
-    """score/candidates.jsonl -> scored/{train,dev,test}.jsonl by id prefix ("train/12")."""
+def split_scored(cfg: PipelineConfig, d: Path) -> None:
+    """score/candidates.jsonl -> scored/{train,dev,test}.jsonl by id prefix ("train/12"), and beside
+    test.jsonl the facts each generated answer states (`urg_ray.synthetic.stated_facts`) with its
+    question's reference facts: what jobs/evaluate.py --bounds reads."""
     from urg_ray.data import read_records, write_records
+    from urg_ray.synthetic import Fact, SyntheticExample, _config, read_facts, stated_facts, write_facts
 
+    world = _config(None, cfg.synthetic)
     records = read_records(d / "score" / "candidates.jsonl")
     for split in SPLITS:
-        write_records(d / "scored" / f"{split}.jsonl",
-                      [r.model_dump() for r in records if r.id.startswith(f"{split}/") and len(r.candidates) > 1])
+        kept = [r.model_dump() for r in records if r.id.startswith(f"{split}/") and len(r.candidates) > 1]
+        write_records(d / "scored" / f"{split}.jsonl", kept)
+        if split == "test":
+            facts = read_facts(d / "data" / "test.facts.jsonl")
+            examples = []
+            for r in kept:
+                line = facts[r["id"]]
+                topics = tuple(line["topics"])
+                examples.append(SyntheticExample(
+                    r, line["task"], topics, tuple(Fact(*f) for f in line["reference_facts"]),
+                    tuple(stated_facts(c["text"], topics, world) for c in r["candidates"]),
+                    ("generated",) * len(r["candidates"]), (topics,) * len(r["candidates"])))
+            write_facts(d / "scored" / "test.facts.jsonl", examples)
 
 
-def serve_config(cfg: dict, d: Path) -> None:
+def serve_config(cfg: PipelineConfig, d: Path) -> None:
     """serve/app.yaml with these LLMs (transformers engines: one Serve replica each) and this URG."""
     app = yaml.safe_load((JOBS.parent / "serve" / "app.yaml").read_text())
     args = app["applications"][0]["args"]
     args["urg"]["model"] = str((d / "train" / "model").resolve())
     args["urg"]["max_new_tokens"] = 128  # as jobs/evaluate.py fuses
     args["candidates"] = [{"name": n, "kind": "transformers", "model_source": str((d / "llms" / n).resolve()),
-                           "max_tokens": 96, "temperature": 1.0} for n in cfg["llms"]]  # as generated for training
+                           "max_tokens": 96, "temperature": 1.0} for n in cfg.llms]  # as generated for training
     app["applications"][0]["deployments"] = [
         dep for dep in app["applications"][0]["deployments"] if not dep["name"].startswith("Candidate-")
-    ] + [{"name": f"Candidate-{n}", "ray_actor_options": {"num_cpus": 0.25}} for n in cfg["llms"]]
+    ] + [{"name": f"Candidate-{n}", "ray_actor_options": {"num_cpus": 0.25}} for n in cfg.llms]
     (d / "serve.yaml").write_text("# written by jobs/pipeline.py: the ensemble of this pipeline run\n"
                                   + yaml.safe_dump(app, sort_keys=False))
 
 
-def write_report(cfg: dict, d: Path, results: Path) -> None:
+def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
     """results/README.md (+ eval.json, llms.md): the test table, URG vs its best member with a
     paired bootstrap interval per metric, and each LLM's answers per task."""
     import shutil
@@ -188,7 +297,10 @@ def write_report(cfg: dict, d: Path, results: Path) -> None:
     per_record = json.loads((d / "eval" / "eval_records.json").read_text())["rows"]
     metrics = [m for m in evaluation["metrics"] if m != "gpt_rank"]
     rows = {r["name"]: r for r in evaluation["rows"]}
-    members = [n for n in cfg["llms"] if n in per_record]  # models that answered every test question
+    members = [n for n in cfg.llms if n in per_record and n in rows]  # models that answered every test question
+    if not members:
+        raise ReportError(f"{d / 'eval' / 'eval.json'}: none of the LLMs {cfg.llms} has a row (every test record "
+                          f"lacks one of their answers?); rows: {sorted(rows)}")
     best = max(members, key=lambda n: rows[n]["scores"]["bleu"])
     results.mkdir(parents=True, exist_ok=True)
     for name in ("eval.json", "eval.md"):
@@ -230,19 +342,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the stages and whether each is done")
     args = parser.parse_args(argv)
     try:
-        cfg = yaml.safe_load(Path(args.config).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        print(f"error: --config {args.config}: {err}", file=sys.stderr)
+        cfg = load_pipeline_config(args.config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     d = Path(args.dir)
-    if args.step == "_data":
-        make_data(cfg, d)
-    elif args.step == "_split":
-        split_scored(d)
-    elif args.step == "_report":
-        write_report(cfg, d, Path(args.results))
-    elif args.step == "_serve_config":
-        serve_config(cfg, d)
+    if args.step:
+        step = {"_data": make_data, "_split": split_scored, "_serve_config": serve_config,
+                "_report": lambda c, w: write_report(c, w, Path(args.results))}[args.step]
+        try:
+            step(cfg, d)
+        except (*INPUT_ERRORS, ReportError, OSError) as err:
+            print(f"error: {args.step[1:]}: {err}", file=sys.stderr)
+            return 1
     else:
         plan = stages(cfg, d, args.config, Path(args.results))
         if args.list:

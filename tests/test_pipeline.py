@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,7 +12,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 import pipeline  # noqa: E402
-from pipeline import Stage, StageFailed, run_stages  # noqa: E402
+from pipeline import PipelineConfig, Stage, StageFailed, run_stages  # noqa: E402
+
+
+def config(**changes) -> PipelineConfig:
+    """jobs/configs/pipeline-smoke.yaml with `changes`."""
+    return pipeline.load_pipeline_config("jobs/configs/pipeline-smoke.yaml").model_copy(update=changes)
 
 
 def stub(tmp_path: Path, name: str, fail_flag: Path | None = None) -> Stage:
@@ -65,7 +71,7 @@ def test_the_cli_exits_1_naming_the_stage(tmp_path, monkeypatch, capsys):
 
 
 def test_the_real_stages_chain_outputs_to_inputs(tmp_path):
-    cfg = yaml.safe_load(Path("jobs/configs/pipeline.yaml").read_text())
+    cfg = pipeline.load_pipeline_config("jobs/configs/pipeline.yaml")
     plan = pipeline.stages(cfg, tmp_path, "jobs/configs/pipeline.yaml", tmp_path / "results")
     assert [s.name for s in plan] == ["data", "llms", "generate", "score", "split", "train", "evaluate", "report",
                                       "serve-config"]
@@ -76,8 +82,7 @@ def test_the_real_stages_chain_outputs_to_inputs(tmp_path):
 
 
 def test_data_step_writes_prompts_and_a_generate_config_per_llm(tmp_path):
-    cfg = {"seed": 0, "n": {"train": 3, "dev": 2, "test": 2}, "llms": ["tiny-oasst", "tiny-koala"],
-           "generate_config": "jobs/configs/pipeline-generate.yaml"}
+    cfg = config(n=pipeline.SplitSizes(train=3, dev=2, test=2), llms=["tiny-oasst", "tiny-koala"])
     pipeline.make_data(cfg, tmp_path)
     prompts = [json.loads(line) for line in (tmp_path / "data" / "prompts.jsonl").read_text().splitlines()]
     assert [p["id"] for p in prompts] == ["train/0", "train/1", "train/2", "dev/0", "dev/1", "test/0", "test/1"]
@@ -92,7 +97,7 @@ def test_data_step_writes_prompts_and_a_generate_config_per_llm(tmp_path):
 def test_serve_config_points_at_these_llms_and_this_urg(tmp_path):
     from serve.app import AppArgs
 
-    pipeline.serve_config({"llms": ["tiny-oasst", "tiny-alpaca"]}, tmp_path)
+    pipeline.serve_config(config(llms=["tiny-oasst", "tiny-alpaca"]), tmp_path)
     app = yaml.safe_load((tmp_path / "serve.yaml").read_text())["applications"][0]
     args = AppArgs.model_validate(app["args"])
     assert args.urg.model == str((tmp_path / "train" / "model").resolve())
@@ -124,7 +129,79 @@ def test_report_compares_urg_with_its_best_member_by_a_paired_bootstrap(tmp_path
     (tmp_path / "eval" / "eval.md").write_text("table")
     (tmp_path / "llms" / "llms.md").write_text("| LLM |\n")
     (tmp_path / "llms" / "llms_summary.json").write_text("{}")
-    pipeline.write_report({"llms": ["a", "b"]}, tmp_path, tmp_path / "results")
+    pipeline.write_report(PipelineConfig.model_construct(**{**dict(config()), "llms": ["a", "b"]}), tmp_path,
+                          tmp_path / "results")
     text = (tmp_path / "results" / "README.md").read_text()
     assert "best member (a, by test BLEU)" in text
     assert "| URG | bleu | +2 | [+2, +2] |" in text  # every record 2 better: the interval is a point
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.pop("llm_steps"), r"llm_steps: Field required"),
+    (lambda c: c.update(llm_step=5), r"llm_step: unknown key"),
+    (lambda c: c["n"].update(test=0), r"n.test: Input should be greater than or equal to 1"),
+    (lambda c: c.update(llms=["tiny-oasst", "gpt-9"]), r"llms: .*unknown or repeated LLMs \['gpt-9'\]"),
+    (lambda c: c.update(synthetic={"coverage": 2}), r"synthetic: .*coverage must be in \[0, 1\]"),
+    (lambda c: c.update(synthetic={"colour": 1}), r"synthetic: .*unknown SyntheticConfig knobs \['colour'\]"),
+    (lambda c: c["train"].pop("config"), r"train.config: Field required"),
+])
+def test_a_bad_config_key_is_a_named_error_before_any_stage(tmp_path, capsys, edit, message):
+    tree = yaml.safe_load(Path("jobs/configs/pipeline-smoke.yaml").read_text())
+    edit(tree)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    assert pipeline.main(["--config", str(path), "--dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"error: {re.escape(str(path))}: .*{message}", err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_pipeline_config_validates_and_names_the_facts_of_its_questions():
+    for path in sorted(Path("jobs/configs").glob("pipeline*.yaml")):
+        if path.name != "pipeline-generate.yaml":
+            assert pipeline.load_pipeline_config(str(path)).synthetic == {"question_names_facts": True}, path
+
+
+def test_the_report_with_no_member_row_names_the_file(tmp_path, capsys):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "eval.json").write_text(json.dumps({"n_records": 1, "metrics": ["bleu"], "rows": [
+        {"name": "Random", "kind": "selection", "scores": {"bleu": 1.0}, "correlation": {}}]}))
+    (tmp_path / "eval" / "eval_records.json").write_text(json.dumps({"ids": ["x"], "rows": {"Random": {"bleu": [1.0]}}}))
+    with pytest.raises(pipeline.ReportError, match=r"eval.json: none of the LLMs \['tiny-oasst', 'tiny-koala'\]"):
+        pipeline.write_report(config(), tmp_path, tmp_path / "results")
+
+
+def test_split_writes_the_facts_each_generated_answer_states(tmp_path):
+    from urg_ray.data import write_records
+    from urg_ray.synthetic import attach_facts, read_facts
+
+    cfg = config(n=pipeline.SplitSizes(train=2, dev=2, test=3))
+    pipeline.make_data(cfg, tmp_path)
+    records = [json.loads(line) for split in ("train", "dev", "test")
+               for line in (tmp_path / "data" / f"{split}.jsonl").read_text().splitlines()]
+    fact = records[-1]["output"].split(". ")[0]  # its reference's first sentence, as one "LLM" answer
+    for r in records:
+        r["candidates"] = [{"model": "tiny-oasst", "text": "gibberish", "scores": {"bleu": 1.0}},
+                           {"model": "tiny-koala", "text": fact, "scores": {"bleu": 2.0}}]
+    write_records(tmp_path / "score" / "candidates.jsonl", records)
+    pipeline.split_scored(cfg, tmp_path)
+    facts = read_facts(tmp_path / "scored" / "test.facts.jsonl")
+    test = [json.loads(line) for line in (tmp_path / "scored" / "test.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in test] == ["test/0", "test/1", "test/2"] and list(facts) == ["test/0", "test/1", "test/2"]
+    last = attach_facts(test[-1], facts["test/2"])  # evaluate --bounds accepts it
+    assert last.candidate_facts == ((), last.reference_facts[:1])
+
+
+def test_a_changed_config_value_reruns_the_stage_that_reads_it(tmp_path):
+    path = tmp_path / "p.yaml"
+    tree = yaml.safe_load(Path("jobs/configs/pipeline-smoke.yaml").read_text())
+    path.write_text(yaml.safe_dump(tree))
+    d = tmp_path / "run"
+    data = pipeline.stages(pipeline.load_pipeline_config(str(path)), d, str(path), tmp_path / "results")[:1]
+    assert run_stages(data, d / "stamps") == ["data"]
+    assert run_stages(data, d / "stamps") == []
+    tree["n"]["test"] += 1  # same command line, other questions
+    path.write_text(yaml.safe_dump(tree))
+    data = pipeline.stages(pipeline.load_pipeline_config(str(path)), d, str(path), tmp_path / "results")[:1]
+    assert run_stages(data, d / "stamps") == ["data"]
+    assert len((d / "data" / "test.jsonl").read_text().splitlines()) == tree["n"]["test"]
