@@ -70,3 +70,40 @@ def test_trained_llm_states_its_topics_facts_better_than_random_init(tmp_path):
     files = {p.name for p in (tmp_path / "trained").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= files
     assert json.loads((tmp_path / "trained" / "URG_RAY_LLM.json").read_text())["llm"]["card"] == llm.card
+
+
+def test_answers_come_from_the_llm_layer_and_a_failed_one_names_the_folder(tmp_path):
+    llm = PIPELINE_LLMS["tiny-koala"]
+    tok = chat_tokenizer()
+    save_llm(new_model(llm.architecture, tok, seed=0), tok, llm, LLMTrainConfig(), tmp_path / "random")
+    questions = ["What is a kiln?", "List some facts about the harbor."]
+    first = answer_questions(tmp_path / "random", questions, max_new_tokens=8, temperature=1.0, seed=3)
+    assert first == answer_questions(tmp_path / "random", questions, max_new_tokens=8, temperature=1.0, seed=3)
+    assert len(first) == 2 and all(isinstance(a, str) for a in first)
+    too_long = " ".join(["kiln"] * 600)  # over the tiny models' 512 positions
+    with pytest.raises(RuntimeError, match=r"random: 1 of 2 answers failed, e.g. ValueError: prompt has"):
+        answer_questions(tmp_path / "random", [questions[0], too_long], max_new_tokens=4)
+
+
+def test_synthetic_knobs_of_the_job_are_checked():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+    import train_llms as job
+
+    assert job.synthetic_knobs(["question_names_facts=true", "min_facts=2"]) == {"question_names_facts": True,
+                                                                                   "min_facts": 2}
+    with pytest.raises(ValueError, match=r"unknown SyntheticConfig fields \['colour'\]"):
+        job.synthetic_knobs(["colour=1"])
+    with pytest.raises(ValueError, match="coverage must be in"):
+        job.synthetic_knobs(["coverage=3"])
+    assert job.main(["--synthetic", "question_names_facts"]) == 2  # no "=": a named error, nothing trained
+
+
+def test_named_pairs_ask_for_the_facts_the_answer_states():
+    from urg_ray.synthetic import stated_facts
+
+    (question, answer), = chat_pairs("alpaca-native", 1, seed=3, synthetic={"question_names_facts": True})
+    asked, stated = question.rsplit("Say ", 1)[1], stated_facts(answer, ("kiln",))
+    assert stated and all(f.verb in asked for f in stated)
