@@ -1,3 +1,7 @@
+import socket
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -5,6 +9,7 @@ from urg_ray import URG
 from urg_ray.data import Record
 
 torch.set_num_threads(2)
+ROOT = Path(__file__).resolve().parents[1]
 
 _RUNNING: dict = {}  # the test being set up or run, for the Ray guard below
 
@@ -43,10 +48,45 @@ def ray_only_in_slow_tests(request):
 def no_ray_left_behind():
     """A job run in-process (main()) may start Ray; the next module must get a clean slate."""
     yield
-    import sys
-
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         sys.modules["ray"].shutdown()
+
+
+@pytest.fixture(scope="module")
+def serve_app():
+    """Starts a module's one Serve app on loopback: ``serve_app(args, name)`` (`build_app` args) gives
+    its URL once ``/healthz`` says ready (or `ready(reply)` does, `serve.healthz.wait_ready`).
+    Ray gets 2 logical CPUs, so the deployments ask for fractions; Serve and Ray stop after the module."""
+    started = False
+
+    def start(args: dict, name: str, ready=None) -> str:
+        nonlocal started
+        ray = pytest.importorskip("ray")
+        from ray import serve
+
+        if str(ROOT) not in sys.path:  # `serve/` is a top-level folder, not an installed package
+            sys.path.insert(0, str(ROOT))
+        from serve.app import build_app
+        from serve.healthz import is_ready, wait_ready
+
+        with socket.socket() as s:  # Serve's proxy cannot bind port 0 and report it
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        started = True
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(args), name=name, route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, ready=ready or is_ready)
+        return url
+
+    yield start
+    if started:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

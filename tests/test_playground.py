@@ -10,10 +10,8 @@ keep a screenshot of the answered page (docs/playground.png is one).
 
 import os
 import shutil
-import socket
 import sys
 import tempfile
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -63,13 +61,7 @@ def _browser() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def base_url():
-    ray = pytest.importorskip("ray")
-    import httpx
-    from ray import serve
-
-    from serve.app import build_app
-
+def base_url(serve_app):
     args = {"candidates": [{"name": "canned-a", "kind": "canned", "answers": [ANSWERED["canned-a"]]},
                            {"name": "canned-b", "kind": "canned", "answers": [ANSWERED["canned-b"]], "delay_s": 0.3},
                            {"name": BROKEN, "kind": "canned", "error": BROKEN_ERROR}],
@@ -77,29 +69,8 @@ def base_url():
                     "deployment": {"ray_actor_options": {"num_cpus": 0.2}}},
             "warmup_retry_s": 1,
             "ingress": {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"URG_SERVE_API_KEY": KEY}}}}}
-    with socket.socket() as s:  # Serve's proxy cannot bind port 0 and report it
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(args), name="playground", route_prefix="/", blocking=False)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                # The broken candidate never warms up: ready means the ranker and the others answered.
-                health = httpx.get(f"{url}/healthz", timeout=10).json()
-                if health.get("waiting_for") == [BROKEN]:
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            assert time.monotonic() < deadline, "the app never warmed up"
-            time.sleep(1)
-        yield url
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    # The broken candidate never warms up: ready means the ranker and the others answered.
+    return serve_app(args, "playground", ready=lambda reply: reply.json().get("waiting_for") == [BROKEN])
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,7 @@ canned candidates, URG from the trained checkpoint or the tiny preset) and are s
 
 import concurrent.futures
 import json
-import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -131,13 +129,8 @@ def test_score_pairs_sharing_a_text_1_are_ranked_together():
 
 # ---- over HTTP, one Serve app for the module ----------------------------------------------------
 @pytest.fixture(scope="module")
-def client():
+def client(serve_app):
     import httpx
-    from ray import serve
-
-    import ray
-
-    from serve.app import build_app
 
     args = {"candidates": [{"name": "canned-a", "kind": "canned", "answers": ["Paris."]},
                            {"name": "canned-b", "kind": "canned", "answers": ["Lyon."]}],
@@ -145,31 +138,8 @@ def client():
                     "deployment": {"ray_actor_options": {"num_cpus": 0.2}}},
             "limits": {"max_candidates": MAX_DOCUMENTS, "max_text_chars": 1_000},
             "ingress": {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"URG_SERVE_API_KEY": KEY}}}}}
-    with socket.socket() as s:  # Serve's proxy cannot bind port 0 and report it
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(args), name="rerank", route_prefix="/", blocking=False)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120, headers=AUTH) as c:
-            deadline = time.monotonic() + 600
-            while not _ready(c):
-                assert time.monotonic() < deadline, "the app never became ready"
-                time.sleep(1)
-            yield c
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-
-def _ready(client) -> bool:
-    import httpx
-
-    try:
-        return client.get("/healthz").status_code == 200
-    except httpx.HTTPError:
-        return False
+    with httpx.Client(base_url=serve_app(args, "rerank"), timeout=120, headers=AUTH) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
