@@ -319,6 +319,15 @@ def quality(record: Record, score_keys: Sequence[str] = ("bartscore", "bleu")) -
     )
 
 
+def check_candidate_lists(questions: Sequence[str], candidates: Sequence[Sequence[str]]) -> None:
+    """ValueError unless every question has its own non-empty list of candidate strings."""
+    if len(questions) != len(candidates):
+        raise ValueError(f"{len(questions)} questions but {len(candidates)} candidate lists")
+    for b, cands in enumerate(candidates):
+        if isinstance(cands, str) or len(cands) == 0:
+            raise ValueError(f"question {b}: candidates must be a non-empty list of strings")
+
+
 @dataclass
 class Batch:
     """Tensors for one batch. Shapes: B questions, N = max candidates, L = max pair length."""
@@ -362,11 +371,7 @@ class Collator:
 
     def encode_pairs(self, questions: Sequence[str], candidates: Sequence[Sequence[str]]) -> Batch:
         """Tokenize and pad B questions with their N_b candidates into (B, N_max, L) tensors."""
-        if len(questions) != len(candidates):
-            raise ValueError(f"{len(questions)} questions but {len(candidates)} candidate lists")
-        for b, cands in enumerate(candidates):
-            if isinstance(cands, str) or len(cands) == 0:
-                raise ValueError(f"question {b}: candidates must be a non-empty list of strings")
+        check_candidate_lists(questions, candidates)
         eos = self.tokenizer.eos_token_id
         question_ids = self._batch_ids(list(questions), self.source_max_length)
         flat = [str(c) for cands in candidates for c in cands]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from urg_ray.baselines.presets import BASELINE_CONFIG_FILE, HEAD_FILE, BaselineConfig
-from urg_ray.data import Batch, Collator
+from urg_ray.data import Batch, Collator, check_candidate_lists
 from urg_ray.positions import POSITIONS_FILE
 from urg_ray.protocol import RankerFuser
 
@@ -77,11 +77,7 @@ class RankerCollator(Collator):
     `__call__(records)` adds labels and ground-truth quality as `urg_ray.data.Collator` does."""
 
     def encode_pairs(self, questions: Sequence[str], candidates: Sequence[Sequence[str]]) -> RankerBatch:
-        if len(questions) != len(candidates):
-            raise ValueError(f"{len(questions)} questions but {len(candidates)} candidate lists")
-        for b, cands in enumerate(candidates):
-            if isinstance(cands, str) or len(cands) == 0:
-                raise ValueError(f"question {b}: candidates must be a non-empty list of strings")
+        check_candidate_lists(questions, candidates)
         sep, pad = self.tokenizer.sep_token_id, self.tokenizer.pad_token_id
         source_ids, source_mask = pad_rows([q + [sep] for q in self._batch_ids(list(questions), self.source_max_length)], pad)
         flat = [c + [sep] for c in self._batch_ids([str(c) for cs in candidates for c in cs], self.candidate_max_length)]

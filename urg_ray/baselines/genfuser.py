@@ -24,7 +24,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalG
 from urg_ray import losses
 from urg_ray.baselines.base import Baseline, pad_rows
 from urg_ray.baselines.presets import BaselineConfig, fuser_tokenizer
-from urg_ray.data import Batch, Collator, Record, quality
+from urg_ray.data import Batch, Collator, Record, check_candidate_lists, quality
 from urg_ray.model import FusionResult, select_top_k
 from urg_ray.positions import AbsolutePositions
 from urg_ray.presets import PRESETS, get_preset, t5_config
@@ -61,9 +61,7 @@ class FusionCollator(Collator):
                       candidates: Sequence[Sequence[str]]) -> Batch:
         if not len(instructions) == len(inputs) == len(candidates):
             raise ValueError(f"{len(inputs)} inputs, {len(instructions)} instructions, {len(candidates)} candidate lists")
-        for b, cands in enumerate(candidates):
-            if isinstance(cands, str) or len(cands) == 0:
-                raise ValueError(f"question {b}: candidates must be a non-empty list of strings")
+        check_candidate_lists(inputs, candidates)
         texts = [fusion_input(i, x, self._truncate([str(c) for c in cands]))
                  for i, x, cands in zip(instructions, inputs, candidates)]
         ids = self.tokenizer(texts, add_special_tokens=False, truncation=True,
