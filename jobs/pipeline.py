@@ -292,6 +292,7 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
     import shutil
 
     from urg_ray.evaluation import paired_bootstrap
+    from urg_ray.evaluation_report import BOUNDS_NOTE
 
     evaluation = json.loads((d / "eval" / "eval.json").read_text())
     per_record = json.loads((d / "eval" / "eval_records.json").read_text())["rows"]
@@ -310,18 +311,25 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
              f"{evaluation['n_records']} held-out test questions; candidates sampled by the trained tiny LLMs on "
              "vLLM (ray.data.llm), URG trained on their scored train-split answers. Full table: [eval.md](eval.md).", "",
              "| row | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    lines += [f"| {name} | " + " | ".join(f"{r['scores'][m]:.4g}" for m in metrics) + " |" for name, r in rows.items()]
-    lines += ["", f"## Does the ensemble beat its best member ({best}, by test BLEU)?", "",
-              "Paired bootstrap (10,000 resamples of the test questions, 95%) of row minus best member:", "",
+    shown = [n for n, r in rows.items() if r["kind"] != "oracle" or n == "Oracle (bleu)"]  # the rest: eval.md
+    lines += [f"| {name} | " + " | ".join(f"{rows[name]['scores'][m]:.4g}" for m in metrics) + " |" for name in shown]
+    lines += ["", "Bound rows (from the facts each generated answer states, urg_ray.synthetic.stated_facts; a garbled "
+              "fact counts as none): " + BOUNDS_NOTE, ""]
+    ensemble = [n for n in rows if rows[n]["kind"] in ("rank", "fusion") and n in per_record]
+    margins = {(row, m): paired_bootstrap(per_record[row][m], per_record[best][m])
+               for row in ensemble for m in metrics if m in per_record[row] and m in per_record[best]}
+    lines += [f"## Does the ensemble beat its best member ({best}, by test BLEU)?", ""]
+    if ("URG", "bleu") in margins:
+        b = margins["URG", "bleu"]
+        verdict = ("yes" if b["low"] > 0 else "no, it is worse" if b["high"] < 0 else "no: the interval includes 0")
+        lines += [f"URG fusion minus {best}: {b['mean']:+.2f} BLEU, 95% interval [{b['low']:+.2f}, {b['high']:+.2f}] "
+                  f"({verdict}).", ""]
+    lines += ["Paired bootstrap (10,000 resamples of the test questions, 95%) of row minus best member:", "",
               "| row | metric | mean difference | 95% interval |", "|---|---|---|---|"]
-    for row in [n for n in rows if n.startswith("URG")]:
-        for m in metrics:
-            if row in per_record and m in per_record[row]:
-                b = paired_bootstrap(per_record[row][m], per_record[best][m])
-                lines.append(f"| {row} | {m} | {b['mean']:+.4g} | [{b['low']:+.4g}, {b['high']:+.4g}] |")
+    lines += [f"| {row} | {m} | {b['mean']:+.4g} | [{b['low']:+.4g}, {b['high']:+.4g}] |" for (row, m), b in margins.items()]
     llms = json.loads((d / "llms" / "llms_summary.json").read_text())
     lines += ["", "## The candidate LLMs (jobs/train_llms.py), on held-out synthetic questions", "",
-              "Sampled at temperature 1 with transformers; BLEU per task. Full: [llms.md](llms.md).", "",
+              "Sampled at temperature 1 (the transformers engine of urg_ray.llms); BLEU per task. Full: [llms.md](llms.md).", "",
               (d / "llms" / "llms.md").read_text(), "", "Training: " + json.dumps(llms.get("config", {})), ""]
     if (results / "notes.md").is_file():
         lines += ["Notes on what the LLMs and this run show: [notes.md](notes.md).", ""]

@@ -122,7 +122,8 @@ def test_report_compares_urg_with_its_best_member_by_a_paired_bootstrap(tmp_path
     (tmp_path / "eval").mkdir()
     (tmp_path / "llms").mkdir()
     per = {"a": [10.0, 20.0, 30.0, 40.0], "b": [0.0, 0.0, 0.0, 0.0], "URG": [12.0, 22.0, 32.0, 42.0]}
-    rows = [{"name": n, "kind": "model", "scores": {"bleu": sum(v) / 4}, "correlation": {}} for n, v in per.items()]
+    rows = [{"name": n, "kind": "fusion" if n == "URG" else "model", "scores": {"bleu": sum(v) / 4}, "correlation": {}}
+            for n, v in per.items()]
     (tmp_path / "eval" / "eval.json").write_text(json.dumps({"n_records": 4, "metrics": ["bleu"], "rows": rows}))
     (tmp_path / "eval" / "eval_records.json").write_text(json.dumps({"ids": list("wxyz"),
                                                                      "rows": {n: {"bleu": v} for n, v in per.items()}}))
@@ -134,6 +135,7 @@ def test_report_compares_urg_with_its_best_member_by_a_paired_bootstrap(tmp_path
     text = (tmp_path / "results" / "README.md").read_text()
     assert "best member (a, by test BLEU)" in text
     assert "| URG | bleu | +2 | [+2, +2] |" in text  # every record 2 better: the interval is a point
+    assert "URG fusion minus a: +2.00 BLEU, 95% interval [+2.00, +2.00] (yes)." in text
 
 
 @pytest.mark.parametrize("edit, message", [
