@@ -17,7 +17,7 @@ from sacrebleu import sentence_bleu
 
 from urg_ray.data import read_records, write_records
 from urg_ray.generate_config import ALL_SCORES, ScoreConfig
-from urg_ray.scoring import BARTScorer, bartscore, score_candidates, score_file
+from urg_ray.scoring import BARTScorer, bartscore, score_candidates, score_file, scorer_actors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 MIXINSTRUCT_SCORES = {"bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore", "bartscore"}
@@ -96,6 +96,16 @@ def test_yaml_configs_validate_and_the_cpu_one_is_the_default():
     configs = Path(__file__).resolve().parents[1] / "jobs" / "configs"
     assert load_config(configs / "score.yaml", schema=ScoreConfig) == ScoreConfig()
     assert load_config(configs / "score-gpu.yaml", schema=ScoreConfig).bartscore_model == "facebook/bart-large-cnn"
+
+
+def test_scorer_actors_fill_what_ray_has_unless_set():
+    cfg = ScoreConfig()  # num_cpus 1, batch_size 64
+    assert scorer_actors(cfg, {"CPU": 2.0}, 1024) == 2  # a 2-core box: both cores, one actor each
+    assert scorer_actors(cfg, {"CPU": 16.0}, 100) == 2  # no more actors than batches
+    assert scorer_actors(cfg.model_copy(update={"num_cpus": 2}), {"CPU": 5.0}, 1024) == 2
+    assert scorer_actors(cfg, {"CPU": 0.5}, 1024) == 1  # at least one (Ray says when it cannot place it)
+    assert scorer_actors(cfg.model_copy(update={"num_gpus": 1}), {"CPU": 64.0, "GPU": 4.0}, 1024) == 4
+    assert scorer_actors(cfg.model_copy(update={"concurrency": 3}), {"CPU": 2.0}, 1024) == 3
 
 
 def test_job_fails_before_ray_on_missing_input_and_unknown_metric(tmp_path, capsys):

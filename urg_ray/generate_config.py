@@ -109,6 +109,8 @@ class ScoreConfig(_Strict):
     failed: Literal["drop", "keep"] = "drop"  # candidates whose generation failed (they carry "error")
     rescore: bool = False  # also re-score candidates that already have every metric
     batch_size: int = Field(64, ge=1)
-    concurrency: int = Field(1, ge=1)  # scorer actors
+    # scorer actors; None: one per `num_cpus` of the CPUs Ray has (per `num_gpus` of its GPUs when
+    # num_gpus > 0), at most one per batch (urg_ray.scoring.scorer_actors)
+    concurrency: int | None = Field(None, ge=1)
     num_cpus: float = Field(1, gt=0)
     num_gpus: float = Field(0, ge=0)

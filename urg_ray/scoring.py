@@ -120,6 +120,18 @@ class ScoreActor:
         return {"key": batch["key"], "scores": np.array([json.dumps(s) for s in scores], dtype=object)}
 
 
+def scorer_actors(cfg: ScoreConfig, resources: dict[str, float], n_rows: int) -> int:
+    """How many scorer actors: `cfg.concurrency`, else as many as Ray's `resources` (CPU, GPU; as
+    `ray.cluster_resources()` gives them) fit at `num_cpus` (`num_gpus` when > 0) each, at most one
+    per batch of `n_rows`. Data-parallel actors, one torch thread per CPU each, beat one actor with
+    every thread on small models: 1.3x (BARTScore) on 2 cores here."""
+    if cfg.concurrency is not None:
+        return cfg.concurrency
+    per_actor, have = (cfg.num_gpus, resources.get("GPU", 0)) if cfg.num_gpus > 0 else (cfg.num_cpus, resources.get("CPU", 0))
+    batches = -(-n_rows // cfg.batch_size)
+    return max(1, min(int(have // per_actor), batches))
+
+
 def score_file(cfg: ScoreConfig, out_dir: str | Path, records: list[Record] | None = None) -> dict:
     """Score every candidate of ``cfg.input`` with Ray Data actors; write ``out_dir/cfg.output``.
 
@@ -147,12 +159,13 @@ def score_file(cfg: ScoreConfig, out_dir: str | Path, records: list[Record] | No
         for j, c in enumerate(r.candidates):
             if not is_failed(c) and (cfg.rescore or not set(cfg.metrics) <= set(c.scores)):
                 rows.append({"key": f"{i}/{j}", "hyp": c.text, "ref": r.output})
-    start = time.perf_counter()
+    start, actors = time.perf_counter(), 0
     if rows:
+        actors = scorer_actors(cfg, ray.cluster_resources(), len(rows))
         ds = ray.data.from_items(rows).map_batches(
             ScoreActor, fn_constructor_kwargs={"cfg": cfg.model_dump()}, batch_size=cfg.batch_size,
             batch_format="numpy", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
-            compute=ray.data.ActorPoolStrategy(size=cfg.concurrency))
+            compute=ray.data.ActorPoolStrategy(size=actors))
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for key, scores in zip(batch["key"], batch["scores"]):
                 i, j = map(int, str(key).split("/"))
@@ -163,7 +176,7 @@ def score_file(cfg: ScoreConfig, out_dir: str | Path, records: list[Record] | No
     summary: dict[str, Any] = {
         "input": cfg.input, "output": str(out_file), "records_in": n_records, "records_out": len(records),
         "failed_candidates": failed, "failed_dropped": failed if cfg.failed == "drop" else 0,
-        "records_without_reference": no_reference, "candidates_scored": len(rows),
+        "records_without_reference": no_reference, "candidates_scored": len(rows), "actors": actors,
         "wall_s": round(wall, 3), "candidates_per_s": round(len(rows) / wall, 2) if rows else None,
         "mean_scores": _means(records, cfg.metrics),
     }
