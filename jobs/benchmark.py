@@ -19,6 +19,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -352,12 +353,16 @@ def plot(report: dict, path: Path) -> None:
 
 # ---- overhead: each Ray layer against its bare engine (urg_ray/overhead.py) -------------------
 class ServeLoad:
-    """jobs/serve_benchmark.py against serve/app.yaml (canned candidates), started at the first call."""
+    """jobs/serve_benchmark.py against serve/app.yaml (canned candidates), started at the first call.
 
-    def __init__(self, serve_config: str = "serve/app.yaml", max_tokens: int = 16):
+    `urg` overrides the YAML's `urg` args: the ranker gets the in-process side's torch threads
+    (`num_threads`), since canned candidates leave the cores to it (serve/app.yaml: the trade-off)."""
+
+    def __init__(self, serve_config: str = "serve/app.yaml", max_tokens: int = 16, urg: dict | None = None):
         import serve_benchmark
 
         self.bench, self.serve_config, self.max_tokens, self.url = serve_benchmark, Path(serve_config), max_tokens, None
+        self.urg = dict(urg or {})
 
     def inputs(self, n: int) -> tuple[list[str], list[list[str]]]:
         """The questions and candidate lists serve_benchmark sends, for the in-process side."""
@@ -370,7 +375,14 @@ class ServeLoad:
         from urg_ray.overhead import QUIET, wait_for_quiet
 
         if self.url is None:
-            self.url = self.bench._self_host(self.serve_config, canned=True)
+            import yaml
+
+            config = yaml.safe_load(self.serve_config.read_text())
+            config["applications"][0]["args"]["urg"].update(self.urg)
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+                yaml.safe_dump(config, f)
+                f.flush()
+                self.url = self.bench._self_host(Path(f.name), canned=True)
         wait_for_quiet(QUIET["max_other_load"] + 0.1, QUIET["max_wait_s"])  # Serve's own idle processes count too
         cfg = self.bench.LoadConfig(clients=clients, requests=requests, endpoint="rank_and_fuse",
                                     max_tokens=self.max_tokens)
@@ -407,10 +419,13 @@ def overhead_main(argv: list[str]) -> int:
     for pair in pairs:
         print(f"[overhead] {pair}: load average {os.getloadavg()}", flush=True)
         if pair == "serving":
-            load = ServeLoad()
+            import torch
+
+            load = ServeLoad(urg={"num_threads": torch.get_num_threads()})  # the in-process side's threads
             try:
                 questions, candidates = load.inputs(24)
                 results[pair] = overhead.serving_pair(load, questions, candidates, max_new_tokens=load.max_tokens,
+                                                      ranker=load.urg,
                                                       **size.get(pair, {}))
             finally:
                 load.close()

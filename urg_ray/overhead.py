@@ -333,11 +333,13 @@ def inprocess_serving(questions: list[str], candidates: list[list[str]], max_new
 
 
 def serving_pair(http: Callable[[int, int], dict], questions: list[str], candidates: list[list[str]],
-                 max_new_tokens: int = 16, batch_size: int = 8, clients: int = 32, repeats: int = 64) -> dict[str, Any]:
+                 max_new_tokens: int = 16, batch_size: int = 8, clients: int = 32, repeats: int = 64,
+                 ranker: dict[str, Any] | None = None) -> dict[str, Any]:
     """`http(clients, requests)` -> jobs/serve_benchmark.py's result for /v1/rank_and_fuse on the
-    same questions and candidates (it owns Ray and Serve); in-process first, before Serve starts."""
+    same questions and candidates (it owns Ray and Serve); in-process first, before Serve starts.
+    `ranker`: the Serve app's `urg` args that differ from serve/app.yaml (reported as given)."""
     out: dict[str, Any] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "clients": clients,
-                           "load_before": os.getloadavg()}
+                           "ranker_overrides": dict(ranker or {}), "load_before": os.getloadavg()}
     out["inprocess"] = inprocess_serving(questions, candidates, max_new_tokens, batch_size, repeats)
     single, loaded = http(1, repeats), http(clients, max(4 * clients, repeats))
     out["http"] = {"p50_ms": single["latency_s"]["p50"] * 1e3, "requests_per_s": loaded["requests_per_s"],
@@ -388,13 +390,14 @@ def ray_scoring(metric: str, records, small, cfg) -> dict[str, Any]:
     from urg_ray.scoring import score_file
 
     one = cfg.model_copy(update={"metrics": [metric]})
-    walls = {}
+    walls, actors = {}, {}
     for name, rows in (("small", small), ("full", records)):
         with tempfile.TemporaryDirectory() as out, watched() as info:
-            walls[name] = score_file(one, out, [r.model_copy(deep=True) for r in rows])["wall_s"]
+            summary = score_file(one, out, [r.model_copy(deep=True) for r in rows])
+        walls[name], actors[name] = summary["wall_s"], summary["actors"]
     pairs = {name: sum(len(r.candidates) for r in rows) for name, rows in (("small", small), ("full", records))}
     extra_s = walls["full"] - walls["small"]
-    return {"startup_s": walls["small"], "wall_s": walls["full"], "small_pairs": pairs["small"],
+    return {"startup_s": walls["small"], "wall_s": walls["full"], "small_pairs": pairs["small"], "actors": actors["full"],
             "pairs_per_s": (pairs["full"] - pairs["small"]) / extra_s if extra_s > 0 else None,
             "end_to_end_pairs_per_s": pairs["full"] / walls["full"], "other_load": info["other_load"]}
 
@@ -491,10 +494,13 @@ def markdown(report: dict[str, Any]) -> str:
                   f"| in-process `URG.rank_and_fuse` | {_f(s['inprocess']['p50_ms'])} | {_f(s['inprocess']['requests_per_s'])} "
                   f"| batches of {s['batch_size']} |",
                   f"| HTTP via Serve | {_f(s['http']['p50_ms'])} | {_f(s['http']['requests_per_s'])} | "
-                  f"{s['clients']} clients, {s['http']['errors']} errors |", ""]
+                  f"{s['clients']} clients, {s['http']['errors']} errors |", "",
+                  f"The Serve app: serve/app.yaml, canned candidates, `urg` args changed: {s.get('ranker_overrides') or 'none'}.",
+                  ""]
     if "scoring" in results:
         c = results["scoring"]
-        lines += [f"## Scoring ({c['pairs']} candidate-reference pairs, batch {c['batch_size']}, {c['concurrency']} actor x "
+        actors = c.get("ray_bertscore", {}).get("actors", c.get("concurrency"))
+        lines += [f"## Scoring ({c['pairs']} candidate-reference pairs, batch {c['batch_size']}, {actors} actor(s) x "
                   f"{c['num_cpus']:g} CPU; pairs/s after start-up, end to end in brackets)", "",
                   f"load before: {c['load_before']}", "",
                   "| metric | bare pairs/s | bare start-up s | Ray Data (score_file) pairs/s | Ray start-up s |",
