@@ -126,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     names = args.llm or list(PIPELINE_LLMS)
     summary: dict = {"config": asdict(cfg), "trained": {}}
+    earlier = out / "llms_summary.json"  # a kept LLM keeps the training figures of the run that trained it
+    if earlier.is_file():
+        before = json.loads(earlier.read_text())
+        if before.get("config") == summary["config"]:
+            summary["trained"] = {n: r for n, r in before.get("trained", {}).items() if n in names}
     todo = [n for n in names if not is_trained(out / n, PIPELINE_LLMS[n], cfg)]
     print(f"[train_llms] {len(names)} LLMs, {len(todo)} to train ({cfg.steps} steps x {cfg.batch_size}); "
           f"kept: {sorted(set(names) - set(todo)) or 'none'}", flush=True)
