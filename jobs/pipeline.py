@@ -306,7 +306,8 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
     results.mkdir(parents=True, exist_ok=True)
     for name in ("eval.json", "eval.md"):
         shutil.copy(d / "eval" / name, results / name)
-    shutil.copy(d / "llms" / "llms.md", results / "llms.md")
+    for name in ("llms.md", "llms_summary.json"):
+        shutil.copy(d / "llms" / name, results / name)
     lines = [f"# The closed loop: {', '.join(members)} -> vLLM -> URG (jobs/pipeline.py)", "",
              f"{evaluation['n_records']} held-out test questions; candidates sampled by the trained tiny LLMs on "
              "vLLM (ray.data.llm), URG trained on their scored train-split answers. Full table: [eval.md](eval.md).", "",
