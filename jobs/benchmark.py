@@ -355,8 +355,7 @@ def plot(report: dict, path: Path) -> None:
 class ServeLoad:
     """jobs/serve_benchmark.py against serve/app.yaml (canned candidates), started at the first call.
 
-    `urg` overrides the YAML's `urg` args: the ranker gets the in-process side's torch threads
-    (`num_threads`), since canned candidates leave the cores to it (serve/app.yaml: the trade-off)."""
+    `urg` overrides the YAML's `urg` args (e.g. `num_threads`; reported with the figures)."""
 
     def __init__(self, serve_config: str = "serve/app.yaml", max_tokens: int = 16, urg: dict | None = None):
         import serve_benchmark
@@ -419,9 +418,7 @@ def overhead_main(argv: list[str]) -> int:
     for pair in pairs:
         print(f"[overhead] {pair}: load average {os.getloadavg()}", flush=True)
         if pair == "serving":
-            import torch
-
-            load = ServeLoad(urg={"num_threads": torch.get_num_threads()})  # the in-process side's threads
+            load = ServeLoad()
             try:
                 questions, candidates = load.inputs(24)
                 results[pair] = overhead.serving_pair(load, questions, candidates, max_new_tokens=load.max_tokens,

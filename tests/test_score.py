@@ -99,7 +99,7 @@ def test_yaml_configs_validate_and_the_cpu_one_is_the_default():
 
 
 def test_scorer_actors_fill_what_ray_has_unless_set():
-    cfg = ScoreConfig()  # num_cpus 1, batch_size 64
+    cfg = ScoreConfig(batch_size=64)  # num_cpus 1
     assert scorer_actors(cfg, {"CPU": 2.0}, 1024) == 2  # a 2-core box: both cores, one actor each
     assert scorer_actors(cfg, {"CPU": 16.0}, 100) == 2  # no more actors than batches
     assert scorer_actors(cfg.model_copy(update={"num_cpus": 2}), {"CPU": 5.0}, 1024) == 2

@@ -375,7 +375,7 @@ def bare_scoring(metric: str, hyps: list[str], refs: list[str], cfg) -> dict[str
             scorer = BARTScorer(cfg.bartscore_model, cfg.bartscore_max_length)
     with watched() as run:
         if metric == "bertscore":
-            scorer.score(hyps, refs, batch_size=cfg.batch_size)
+            scorer.score(hyps, refs)  # bert_score's batch of 64, as urg_ray.metrics.bertscore
         else:
             scorer.score(hyps, refs)
     wall = load["wall_s"] + run["wall_s"]
@@ -402,7 +402,7 @@ def ray_scoring(metric: str, records, small, cfg) -> dict[str, Any]:
             "end_to_end_pairs_per_s": pairs["full"] / walls["full"], "other_load": info["other_load"]}
 
 
-def scoring_pair(n_records: int = 128, n_candidates: int = 8, **score_overrides: Any) -> dict[str, Any]:
+def scoring_pair(n_records: int = 256, n_candidates: int = 8, **score_overrides: Any) -> dict[str, Any]:
     """Pairs/s after start-up (model loading, actors) on both sides, and end to end."""
     from urg_ray.generate_config import ScoreConfig
     from urg_ray.tiny_llms import resolve_model_source

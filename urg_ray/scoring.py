@@ -162,7 +162,7 @@ def score_file(cfg: ScoreConfig, out_dir: str | Path, records: list[Record] | No
     start, actors = time.perf_counter(), 0
     if rows:
         actors = scorer_actors(cfg, ray.cluster_resources(), len(rows))
-        ds = ray.data.from_items(rows).map_batches(
+        ds = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // cfg.batch_size)).map_batches(
             ScoreActor, fn_constructor_kwargs={"cfg": cfg.model_dump()}, batch_size=cfg.batch_size,
             batch_format="numpy", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
             compute=ray.data.ActorPoolStrategy(size=actors))
