@@ -114,6 +114,9 @@ class ScoreActor:
 
     def __init__(self, cfg: dict):
         self.cfg = ScoreConfig(**cfg)
+        # load the models (and transformers' lazy imports) now, while Ray Data starts the other
+        # actors, not in this actor's first batch
+        score_candidates(["warm-up"], ["warm-up"], self.cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scores = score_candidates([str(h) for h in batch["hyp"]], [str(r) for r in batch["ref"]], self.cfg)
