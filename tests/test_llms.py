@@ -232,6 +232,7 @@ def test_a_registered_engine_is_a_candidate_of_the_serve_app(ray_session):
     from ray import serve
 
     from serve.app import build_app
+    from serve.healthz import wait_ready
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -245,11 +246,8 @@ def test_a_registered_engine_is_a_candidate_of_the_serve_app(ray_session):
         serve.run(build_app(args), name="echo", route_prefix="/", blocking=False)
         question = "Where is the echo from?"
         body = {"model": "urg-ensemble", "messages": [{"role": "user", "content": question}], "max_tokens": 4}
+        wait_ready(f"http://127.0.0.1:{port}")  # every deployment answered its warm-up
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            for _ in range(120):  # until every deployment answered its warm-up
-                if client.get("/healthz", headers={"Authorization": f"Bearer {key}"}).status_code == 200:
-                    break
-                threading.Event().wait(1)
             reply = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
         assert reply.status_code == 200, reply.text
         [candidate] = reply.json()["urg"]["candidates"]
