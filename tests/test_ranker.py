@@ -36,14 +36,27 @@ def test_the_batch_wait_applies_only_while_a_batch_runs():
     assert [b.wait_s for b in batchers] == [0.0, 0.0]
 
 
-def test_a_lone_request_does_not_wait_for_batch_mates_and_a_busy_model_batches(monkeypatch, tmp_path):
+@pytest.fixture
+def ranker_class():
+    """`@serve.batch` keeps its queue and settings on the class's methods, shared by every instance: a
+    queue made in this process would leave the class unpicklable (a weakref) for the Serve tests that
+    run after this module, so the methods get their settings back and lose the queue afterwards."""
+    cls = URGRankerFuser.func_or_class
+    wrappers = [method.set_batch_wait_timeout_s.__self__ for method in (cls._fuse_batch, cls._rank_batch)]
+    saved = [(w.max_batch_size, w.batch_wait_timeout_s) for w in wrappers]
+    yield cls
+    for wrapper, (size, wait_s) in zip(wrappers, saved):
+        wrapper._queue, wrapper.max_batch_size, wrapper.batch_wait_timeout_s = None, size, wait_s
+
+
+def test_a_lone_request_does_not_wait_for_batch_mates_and_a_busy_model_batches(monkeypatch, tmp_path, ranker_class):
     """Through Serve's own @serve.batch: the first request (idle model) runs alone with no wait
     in force; the requests sent while it runs share the next batch."""
     from ray.serve import batching
 
     # its one check that needs a replica (a warning about max_ongoing_requests)
     monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
-    ranker = URGRankerFuser.func_or_class(str(tmp_path / "no-checkpoint"), "tiny", batch_wait_timeout_s=5.0)
+    ranker = ranker_class(str(tmp_path / "no-checkpoint"), "tiny", batch_wait_timeout_s=5.0)
     wait_in_force = ranker._fuse_batch._get_batch_wait_timeout_s  # Serve's getter (no public one)
     assert wait_in_force() == 0.0  # the configured 5 s: only while a batch runs
     batches, release = [], threading.Event()
@@ -72,3 +85,10 @@ def test_a_lone_request_does_not_wait_for_batch_mates_and_a_busy_model_batches(m
     assert busy_wait == 5.0
     assert batches == [1, 3]  # the lone first request, then the three sent while it ran
     assert wait_in_force() == 0.0
+
+
+def test_the_deployment_stays_picklable_after_a_batch_ran_in_this_process():
+    """Ray pickles the class at every `serve.run`; the test above (run first) must leave no queue."""
+    from ray import cloudpickle
+
+    assert cloudpickle.loads(cloudpickle.dumps(URGRankerFuser.func_or_class)).__name__ == "URGRankerFuser"
