@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from urg_ray.durable import replace_folder
 from urg_ray.llms.chat import PLAIN_CHAT_TEMPLATE
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,6 @@ def train_llm(llm: CandidateLLM, cfg: LLMTrainConfig, out_dir: str | os.PathLike
     """Train `llm` on Ray Train (Ray must be up) and put its HF folder at `out_dir` (replaced whole)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from urg_ray.train import replace_folder
 
     started = time.time()
     trainer = TorchTrainer(
