@@ -314,8 +314,8 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
              "| row | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     shown = [n for n, r in rows.items() if r["kind"] != "oracle" or n == "Oracle (bleu)"]  # the rest: eval.md
     lines += [f"| {name} | " + " | ".join(f"{rows[name]['scores'][m]:.4g}" for m in metrics) + " |" for name in shown]
-    lines += ["", "Bound rows (from the facts each generated answer states, urg_ray.synthetic.stated_facts; a garbled "
-              "fact counts as none): " + BOUNDS_NOTE, ""]
+    lines += ["", BOUNDS_NOTE + " Here the facts are those each generated answer states "
+              "(urg_ray.synthetic.stated_facts; a garbled fact counts as none).", ""]
     ensemble = [n for n in rows if rows[n]["kind"] in ("rank", "fusion") and n in per_record]
     margins = {(row, m): paired_bootstrap(per_record[row][m], per_record[best][m])
                for row in ensemble for m in metrics if m in per_record[row] and m in per_record[best]}
@@ -335,7 +335,7 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
     if (results / "notes.md").is_file():
         lines += ["Notes on what the LLMs and this run show: [notes.md](notes.md).", ""]
     stamps = {p.stem: json.loads(p.read_text()).get("wall_s") for p in sorted((d / "stamps").glob("*.json"))}
-    lines += ["Wall time per stage (s, this run): " + json.dumps(stamps), ""]
+    lines += ["Wall time per stage (s, the stamps of the last invocation: a stage kept from an earlier run shows its rerun): " + json.dumps(stamps), ""]
     (results / "README.md").write_text("\n".join(lines))
 
 

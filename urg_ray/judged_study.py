@@ -192,7 +192,7 @@ def write_markdown(data: dict) -> str:
              f"Judge win: mean `judge_win` of the picked answer, % (AlpacaEval 2.0's weighted GPT-4-Turbo preference "
              f"over GPT-4-1106's answer), with a {100 * data['confidence']:.0f}% percentile bootstrap interval over test "
              f"instructions ({data['n_resamples']} resamples). Spearman / Pearson: per instruction, between the row's "
-             "scores and `judge_win` over the 16 candidates, averaged. BLEU (sentence, 0-100) and BERTScore F1 "
+             f"scores and `judge_win` over the {len(data['ensemble'])} candidates, averaged. BLEU (sentence, 0-100) and BERTScore F1 "
              "(all-MiniLM-L6-v2) of the picked answer against GPT-4-1106's answer.", "",
              "| Kind | Row | Judge win % | 95% interval | Spearman | Pearson | BLEU | BERTScore |",
              "|---|---|---|---|---|---|---|---|"]
