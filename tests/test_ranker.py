@@ -1,6 +1,7 @@
 """The ranker-fuser deployment's batching, without a running Serve (serve/ranker.py)."""
 
 import asyncio
+import contextlib
 import sys
 import threading
 from pathlib import Path
@@ -36,17 +37,24 @@ def test_the_batch_wait_applies_only_while_a_batch_runs():
     assert [b.wait_s for b in batchers] == [0.0, 0.0]
 
 
-@pytest.fixture
-def ranker_class():
+@contextlib.contextmanager
+def batch_state_restored(cls):
     """`@serve.batch` keeps its queue and settings on the class's methods, shared by every instance: a
     queue made in this process would leave the class unpicklable (a weakref) for the Serve tests that
     run after this module, so the methods get their settings back and lose the queue afterwards."""
-    cls = URGRankerFuser.func_or_class
     wrappers = [method.set_batch_wait_timeout_s.__self__ for method in (cls._fuse_batch, cls._rank_batch)]
     saved = [(w.max_batch_size, w.batch_wait_timeout_s) for w in wrappers]
-    yield cls
-    for wrapper, (size, wait_s) in zip(wrappers, saved):
-        wrapper._queue, wrapper.max_batch_size, wrapper.batch_wait_timeout_s = None, size, wait_s
+    try:
+        yield
+    finally:
+        for wrapper, (size, wait_s) in zip(wrappers, saved):
+            wrapper._queue, wrapper.max_batch_size, wrapper.batch_wait_timeout_s = None, size, wait_s
+
+
+@pytest.fixture
+def ranker_class():
+    with batch_state_restored(URGRankerFuser.func_or_class):
+        yield URGRankerFuser.func_or_class
 
 
 def test_a_lone_request_does_not_wait_for_batch_mates_and_a_busy_model_batches(monkeypatch, tmp_path, ranker_class):
@@ -87,8 +95,20 @@ def test_a_lone_request_does_not_wait_for_batch_mates_and_a_busy_model_batches(m
     assert wait_in_force() == 0.0
 
 
-def test_the_deployment_stays_picklable_after_a_batch_ran_in_this_process():
-    """Ray pickles the class at every `serve.run`; the test above (run first) must leave no queue."""
+def test_the_deployment_stays_picklable_after_a_batch_queue_was_made_in_this_process(monkeypatch):
+    """Ray pickles the class at every `serve.run`: a batch run in-process (the test above) must not
+    leave its queue on the class."""
     from ray import cloudpickle
+    from ray.serve import batching
 
-    assert cloudpickle.loads(cloudpickle.dumps(URGRankerFuser.func_or_class)).__name__ == "URGRankerFuser"
+    monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
+
+    cls = URGRankerFuser.func_or_class
+
+    async def make_queues():
+        for method in (cls._fuse_batch, cls._rank_batch):
+            method.set_batch_wait_timeout_s.__self__.queue  # what a first call does
+
+    with batch_state_restored(cls):
+        asyncio.run(make_queues())
+    assert cloudpickle.loads(cloudpickle.dumps(cls)).__name__ == "URGRankerFuser"
