@@ -250,7 +250,7 @@ def split_scored(cfg: PipelineConfig, d: Path) -> None:
     """score/candidates.jsonl -> scored/{train,dev,test}.jsonl by id prefix ("train/12"), and beside
     test.jsonl the facts each generated answer states (`urg_ray.synthetic.stated_facts`) with its
     question's reference facts: what jobs/evaluate.py --bounds reads."""
-    from urg_ray.data import read_records, write_records
+    from urg_ray.data import DataError, read_records, write_records
     from urg_ray.synthetic import Fact, SyntheticExample, _config, read_facts, stated_facts, write_facts
 
     world = _config(None, cfg.synthetic)
@@ -262,6 +262,9 @@ def split_scored(cfg: PipelineConfig, d: Path) -> None:
             facts = read_facts(d / "data" / "test.facts.jsonl")
             examples = []
             for r in kept:
+                if r["id"] not in facts:
+                    raise DataError(f"{d / 'data' / 'test.facts.jsonl'}: no line for id {r['id']!r} of "
+                                    f"{d / 'score' / 'candidates.jsonl'}")
                 line = facts[r["id"]]
                 topics = tuple(line["topics"])
                 examples.append(SyntheticExample(
