@@ -73,7 +73,8 @@ class BusyBatchWait:
 
     Serve waits that long after a batch's first request for others to join. On an idle model the
     wait is pure latency for a lone request; while a batch runs, the next one cannot start before
-    it ends anyway, so waiting fills it for free. `running()` wraps each batch; `batchers` are the
+    it ends anyway, so waiting fills it for free, as long as the wait is shorter than a batch (Serve
+    reads the wait once, when a batch's first request arrives). `running()` wraps each batch; `batchers` are the
     `@serve.batch` methods sharing the model (anything with `set_batch_wait_timeout_s`).
     """
 
