@@ -44,10 +44,11 @@ def is_trained(path: Path, llm, cfg: LLMTrainConfig) -> bool:
 def measure(dirs: dict[str, Path], n: int, max_new_tokens: int, synthetic: dict | None = None) -> dict:
     """Per model: mean scores over all questions and per task, reference-fact recall, topic-fact share."""
     from urg_ray.metrics import reference_scores
-    from urg_ray.synthetic import make_examples
+    from urg_ray.synthetic import SyntheticConfig, make_examples
     from urg_ray.train_llms import answer_questions, question_of, reference_fact_recall, topic_fact_recall
 
     examples = make_examples(n, n_candidates=1, seed=EVAL_SEED, score=False, **(synthetic or {}))
+    world = SyntheticConfig(**(synthetic or {}))  # the facts are read in the world they were asked in
     questions = [question_of(ex.record) for ex in examples]
     refs = [ex.record["output"] for ex in examples]
     report = {}
@@ -59,9 +60,9 @@ def measure(dirs: dict[str, Path], n: int, max_new_tokens: int, synthetic: dict 
             by_task[ex.task].append(s)
         mean = lambda rows: {m: round(sum(r[m] for r in rows) / len(rows), 4) for m in METRICS}  # noqa: E731
         report[name] = {"all": mean(scores), "tasks": {t: mean(rows) for t, rows in sorted(by_task.items())},
-                        "reference_fact_recall": round(sum(reference_fact_recall(a, ex) for a, ex in zip(answers, examples))
+                        "reference_fact_recall": round(sum(reference_fact_recall(a, ex, world) for a, ex in zip(answers, examples))
                                                        / len(answers), 4),
-                        "topic_fact_share": round(sum(topic_fact_recall(a, ex.topics) for a, ex in zip(answers, examples))
+                        "topic_fact_share": round(sum(topic_fact_recall(a, ex.topics, world.world_seed) for a, ex in zip(answers, examples))
                                                   / len(answers), 4),
                         "example": {"question": questions[0], "answer": answers[0], "reference": refs[0]}}
     return report

@@ -111,3 +111,15 @@ def test_named_pairs_ask_for_the_facts_the_answer_states():
     (question, answer), = chat_pairs("alpaca-native", 1, seed=3, synthetic={"question_names_facts": True})
     asked, stated = question.rsplit("Say ", 1)[1], stated_facts(answer, ("kiln",))
     assert stated and all(f.verb in asked for f in stated)
+
+
+def test_reference_fact_recall_reads_the_facts_in_the_world_they_were_asked_in():
+    """A reference states all of its own facts, but only when read in its own (non-default) world."""
+    from urg_ray.synthetic import SyntheticConfig, make_examples
+    from urg_ray.train_llms import reference_fact_recall
+
+    knobs = dict(question_names_facts=True, world_seed=7)
+    examples = make_examples(20, n_candidates=1, seed=3, score=False, **knobs)
+    world = SyntheticConfig(**knobs)
+    assert [reference_fact_recall(ex.record["output"], ex, world) for ex in examples] == [1.0] * 20
+    assert sum(reference_fact_recall(ex.record["output"], ex) for ex in examples) < 20  # the default world's verbs differ
