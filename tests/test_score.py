@@ -106,6 +106,8 @@ def test_scorer_actors_fill_what_ray_has_unless_set():
     assert scorer_actors(cfg, {"CPU": 0.5}, 1024) == 1  # at least one (Ray says when it cannot place it)
     assert scorer_actors(cfg.model_copy(update={"num_gpus": 1}), {"CPU": 64.0, "GPU": 4.0}, 1024) == 4
     assert scorer_actors(cfg.model_copy(update={"concurrency": 3}), {"CPU": 2.0}, 1024) == 3
+    assert scorer_actors(cfg, {"CPU": 64.0}, 100_000) == 8  # a model copy each: a big node gets 8 unless asked
+    assert scorer_actors(cfg.model_copy(update={"concurrency": 32}), {"CPU": 64.0}, 100_000) == 32
 
 
 def test_job_fails_before_ray_on_missing_input_and_unknown_metric(tmp_path, capsys):

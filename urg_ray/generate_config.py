@@ -112,7 +112,7 @@ class ScoreConfig(_Strict):
     # hands each batch over; at 64 BERTScore ran at 0.7x of one call over every pair (256: fewer, fuller calls)
     batch_size: int = Field(256, ge=1)
     # scorer actors; None: one per `num_cpus` of the CPUs Ray has (per `num_gpus` of its GPUs when
-    # num_gpus > 0), at most one per batch (urg_ray.scoring.scorer_actors)
+    # num_gpus > 0), at most one per batch and at most 8 (urg_ray.scoring.scorer_actors)
     concurrency: int | None = Field(None, ge=1)
     num_cpus: float = Field(1, gt=0)
     num_gpus: float = Field(0, ge=0)

@@ -123,16 +123,19 @@ class ScoreActor:
         return {"key": batch["key"], "scores": np.array([json.dumps(s) for s in scores], dtype=object)}
 
 
+MAX_DEFAULT_ACTORS = 8  # each actor holds its own BERT and BART: a big node must not get one per CPU unasked
+
+
 def scorer_actors(cfg: ScoreConfig, resources: dict[str, float], n_rows: int) -> int:
     """How many scorer actors: `cfg.concurrency`, else as many as Ray's `resources` (CPU, GPU; as
     `ray.cluster_resources()` gives them) fit at `num_cpus` (`num_gpus` when > 0) each, at most one
-    per batch of `n_rows`. Data-parallel actors, one torch thread per CPU each, beat one actor with
-    every thread on small models: 1.3x (BARTScore) on 2 cores here."""
+    per batch of `n_rows` and at most `MAX_DEFAULT_ACTORS`. Data-parallel actors, one torch thread
+    per CPU each, beat one actor with every thread on small models: 1.3x (BARTScore) on 2 cores here."""
     if cfg.concurrency is not None:
         return cfg.concurrency
     per_actor, have = (cfg.num_gpus, resources.get("GPU", 0)) if cfg.num_gpus > 0 else (cfg.num_cpus, resources.get("CPU", 0))
     batches = -(-n_rows // cfg.batch_size)
-    return max(1, min(int(have // per_actor), batches))
+    return max(1, min(int(have // per_actor), batches, MAX_DEFAULT_ACTORS))
 
 
 def score_file(cfg: ScoreConfig, out_dir: str | Path, records: list[Record] | None = None) -> dict:
