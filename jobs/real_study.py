@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = job_config(args)
         named = [named_path(v) for v in args.model]
         from urg_ray.data import read_records
-        from urg_ray.judged_study import JudgedStudy, rows_from_json
+        from urg_ray.judged_study import KIND_TITLES, JudgedStudy, rows_from_json
         from urg_ray.real_data import ensure_judged
 
         ensure_judged(cfg.data)
@@ -113,15 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     for row in kept:  # rows of earlier runs that this run did not compute again
         if row.name not in {r.name for r in study.rows}:
             study.add_row(row)
-    kinds = ["model", "baseline", "oracle", "ranker", "fusion"]
+    kinds = list(KIND_TITLES)  # the table's order of kinds
     study.rows.sort(key=lambda r: (kinds.index(r.kind), r.name if r.kind in ("ranker", "fusion") else ""))
     best = next(r.name for r in study.rows if r.name.startswith("Best single model"))
     trained = [r.name for r in study.rows if r.kind == "ranker"]
     urg = [n for n in trained if n.endswith("-rank")]
     pairs = [(n, best) for n in trained] + [(u, n) for u in urg for n in trained if n != u]
-    for path in study.write(args.out, pairs):
+    data = study.to_json(pairs)
+    for path in study.write(args.out, data):
         print(f"[real_study] wrote {path}")
-    for row in study.to_json()["rows"]:
+    for row in data["rows"]:
         if "judge_win_pct" in row:
             print(f"[real_study] {row['name']:<48} {row['judge_win_pct']:5.1f} % "
                   f"[{row['judge_win_low']:.1f}, {row['judge_win_high']:.1f}]")

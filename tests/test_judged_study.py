@@ -83,7 +83,7 @@ def test_fusion_row_has_no_judge_and_rows_reload(study, tmp_path):
     study.add_fusion("Fuser", [{"bleu": 5.0, "bertscore": 0.5}] * 4)
     rows = summaries(study)
     assert "judge_win_pct" not in rows["Fuser"] and rows["Fuser"]["bleu"] == 5.0
-    paths = study.write(tmp_path, pairs=[("a", "b")])
+    paths = study.write(tmp_path, study.to_json(pairs=[("a", "b")]))
     assert all(p.is_file() for p in paths)
     assert "| Fusion (new text) | Fuser | – | – |" in (tmp_path / "real.md").read_text()
     again = JudgedStudy(TEST)

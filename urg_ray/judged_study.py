@@ -152,10 +152,10 @@ class JudgedStudy:
         """Per-record values of every row (reloadable with `rows_from_json`)."""
         return {"ids": [r.id for r in self.records], "rows": [asdict(r) for r in self.rows]}
 
-    def write(self, out_dir: str | Path, pairs: Sequence[tuple[str, str]] = ()) -> list[Path]:
+    def write(self, out_dir: str | Path, data: dict) -> list[Path]:
+        """Writes `data` (`to_json`'s, computed once: its intervals are 10,000 resamples a row)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        data = self.to_json(pairs)
         (out / "real.json").write_text(json.dumps(data, indent=2))
         (out / "real_records.json").write_text(json.dumps(self.records_json()))
         (out / "real.md").write_text(write_markdown(data))
