@@ -88,12 +88,9 @@ class PipelineConfig(_Strict):
     @field_validator("synthetic")
     @classmethod
     def _synthetic_knobs(cls, knobs: dict[str, Any]) -> dict[str, Any]:
-        from urg_ray.synthetic import _config
+        from urg_ray.synthetic import world_from_knobs
 
-        try:
-            _config(None, knobs)
-        except TypeError as err:  # e.g. coverage: abc
-            raise ValueError(str(err)) from None
+        world_from_knobs(knobs)
         return knobs
 
     @field_validator("generate_config")
@@ -251,9 +248,9 @@ def split_scored(cfg: PipelineConfig, d: Path) -> None:
     test.jsonl the facts each generated answer states (`urg_ray.synthetic.stated_facts`) with its
     question's reference facts: what jobs/evaluate.py --bounds reads."""
     from urg_ray.data import DataError, read_records, write_records
-    from urg_ray.synthetic import Fact, SyntheticExample, _config, read_facts, stated_facts, write_facts
+    from urg_ray.synthetic import Fact, SyntheticExample, read_facts, stated_facts, world_from_knobs, write_facts
 
-    world = _config(None, cfg.synthetic)
+    world = world_from_knobs(cfg.synthetic)
     records = read_records(d / "score" / "candidates.jsonl")
     for split in SPLITS:
         kept = [r.model_dump() for r in records if r.id.startswith(f"{split}/") and len(r.candidates) > 1]

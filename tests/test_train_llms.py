@@ -98,7 +98,7 @@ def test_synthetic_knobs_of_the_job_are_checked():
 
     assert job.synthetic_knobs(["question_names_facts=true", "min_facts=2"]) == {"question_names_facts": True,
                                                                                    "min_facts": 2}
-    with pytest.raises(ValueError, match=r"unknown SyntheticConfig fields \['colour'\]"):
+    with pytest.raises(ValueError, match=r"unknown SyntheticConfig knobs \['colour'\]"):
         job.synthetic_knobs(["colour=1"])
     with pytest.raises(ValueError, match="coverage must be in"):
         job.synthetic_knobs(["coverage=3"])

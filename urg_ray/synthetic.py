@@ -431,6 +431,15 @@ def _config(config: SyntheticConfig | None, knobs: dict[str, Any]) -> SyntheticC
     return dataclasses.replace(config or SyntheticConfig(), **knobs)
 
 
+def world_from_knobs(knobs: dict[str, Any]) -> SyntheticConfig:
+    """The SyntheticConfig that `knobs` from outside (a config file, a command line) describe; an
+    unknown name or a bad value is a ValueError saying which."""
+    try:
+        return _config(None, knobs)
+    except TypeError as err:  # e.g. coverage: abc
+        raise ValueError(str(err)) from None
+
+
 def make_examples(n: int, n_candidates: int = 8, seed: int = 0, config: SyntheticConfig | None = None,
                   id_prefix: str | None = None, score: bool = True, **knobs: Any) -> list[SyntheticExample]:
     """Like :func:`make_dataset`, with each record's latent facts; ``score=False`` skips scoring."""
