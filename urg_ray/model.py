@@ -28,7 +28,7 @@ from urg_ray.data import Batch, Collator
 from urg_ray.positions import POSITIONS_FILE, AbsolutePositions
 from urg_ray.presets import get_preset, pretrained_encoder_decoder, set_dropout, t5_config, tiny_tokenizer
 from urg_ray.protocol import RankerFuser
-from urg_ray.streaming import FALLBACK_NOTE, FusionStream
+from urg_ray.streaming import FALLBACK_NOTE, FusionStream, stop_then_fallback
 
 log = logging.getLogger(__name__)
 URG_CONFIG_FILE = "urg_config.json"
@@ -320,8 +320,9 @@ class URG(RankerFuser):
 
         `generate_kwargs` go to Hugging Face `generate` (num_beams, do_sample, top_p, ...).
         With fewer than top_k candidates, all are fused and the result's `note` says so.
-        `empty_fallback=True` (what Serve uses) answers with the top-ranked candidate when the
-        fused text is blank, and says so in `note`; evaluation keeps it off to score fusion alone.
+        `empty_fallback=True` answers with the top-ranked candidate when the fused text is blank
+        (`streaming.stop_then_fallback`, as Serve's answers) and says so in `note`; evaluation
+        keeps it off to score fusion alone.
         """
         k = top_k or self.config.top_k
         if k < 1:
@@ -336,9 +337,8 @@ class URG(RankerFuser):
         for b, cands in enumerate(candidates):
             n = len(cands)
             notes = [f"{n} candidates < top_k={k}: fused all {n}"] if n < k else []
-            text = texts[b]
-            if empty_fallback and not text.strip():
-                text = cands[int(order[b, 0])]
+            text, fell_back = stop_then_fallback(texts[b], (), cands[int(order[b, 0])] if empty_fallback else None)
+            if fell_back:
                 notes.append(FALLBACK_NOTE)
             results.append(FusionResult(text, order[b, :n].tolist(), scores[b, :n].tolist(),
                                         top[b][keep[b]].tolist(), "; ".join(notes) or None))

@@ -374,10 +374,7 @@ def bare_scoring(metric: str, hyps: list[str], refs: list[str], cfg) -> dict[str
         else:
             scorer = BARTScorer(cfg.bartscore_model, cfg.bartscore_max_length)
     with watched() as run:
-        if metric == "bertscore":
-            scorer.score(hyps, refs)  # bert_score's batch of 64, as urg_ray.metrics.bertscore
-        else:
-            scorer.score(hyps, refs)
+        scorer.score(hyps, refs)  # bert_score's own batch of 64, as urg_ray.metrics.bertscore
     wall = load["wall_s"] + run["wall_s"]
     return {"startup_s": load["wall_s"], "score_s": run["wall_s"], "pairs_per_s": len(hyps) / run["wall_s"],
             "end_to_end_pairs_per_s": len(hyps) / wall, "other_load": run["other_load"]}
