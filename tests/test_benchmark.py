@@ -66,11 +66,11 @@ def _overhead_results():
 
 
 def test_overhead_report_states_each_goal_and_keeps_pairs_not_rerun(tmp_path):
-    from urg_ray import overhead
+    from urg_ray import overhead_report
 
     results = _overhead_results()
-    overhead.write_report(tmp_path, {"training": results["training"]})
-    report = overhead.write_report(tmp_path, {"serving": results["serving"]})  # a later run of one pair
+    overhead_report.write_report(tmp_path, {"training": results["training"]})
+    report = overhead_report.write_report(tmp_path, {"serving": results["serving"]})  # a later run of one pair
     saved = json.loads((tmp_path / "performance.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert set(saved["results"]) == {"training", "serving"}
