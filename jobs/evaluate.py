@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_world(facts_file: str | None, test_file: str, records) -> dict:
     """Record id -> SyntheticExample from the facts file beside the test file (make_data writes it)."""
-    from urg_ray.synthetic import attach_facts, facts_path, read_facts
+    from urg_ray.synthetic_facts import attach_facts, facts_path, read_facts
 
     path = facts_file or facts_path(test_file)
     if not Path(path).is_file():

@@ -10,7 +10,7 @@ n_dev, n_test, n_candidates, seed); the files are its data.train_file, dev_file 
 or train/dev/test.jsonl in `--out`. Knobs are the fields of `urg_ray.synthetic.SyntheticConfig`,
 from a YAML file (`--synthetic`) and/or `--knob` (which wins). Splits use seeds seed, seed+1,
 seed+2 and share one world. Beside each split, SPLIT.facts.jsonl holds each record's latent facts
-(`urg_ray.synthetic.write_facts`), which `jobs/evaluate.py --bounds` reads.
+(`urg_ray.synthetic_facts.write_facts`), which `jobs/evaluate.py --bounds` reads.
 Prints, per split, the headroom the data leaves: mean BLEU per model, of the best model, of the
 oracle (best candidate per record), of the best candidate without its style, and of an ideal
 fusion of the true top-1 / top-3's correct facts.
@@ -32,8 +32,8 @@ from _cli import INPUT_ERRORS, bad_input, job_config, job_parser  # noqa: E402
 
 from urg_ray.data import write_records  # noqa: E402
 from urg_ray.metrics import bleu  # noqa: E402
-from urg_ray.synthetic import (MODELS, SyntheticConfig, SyntheticExample, facts_path, ideal_fusion,  # noqa: E402
-                                make_examples, strip_style, write_facts)
+from urg_ray.synthetic import MODELS, SyntheticConfig, SyntheticExample, ideal_fusion, make_examples, strip_style  # noqa: E402
+from urg_ray.synthetic_facts import facts_path, write_facts  # noqa: E402
 
 KNOBS = {f.name for f in dataclasses.fields(SyntheticConfig)}
 

@@ -223,7 +223,8 @@ def make_data(cfg: PipelineConfig, d: Path) -> None:
     """Synthetic splits (references + the cards' own answers, for reference; their facts beside
     them) and one prompts file for all three splits, so each LLM's vLLM engine starts once."""
     from urg_ray.data import write_records
-    from urg_ray.synthetic import make_examples, write_facts
+    from urg_ray.synthetic import make_examples
+    from urg_ray.synthetic_facts import write_facts
 
     prompts = []
     for offset, split in enumerate(SPLITS):
@@ -245,10 +246,11 @@ def make_data(cfg: PipelineConfig, d: Path) -> None:
 
 def split_scored(cfg: PipelineConfig, d: Path) -> None:
     """score/candidates.jsonl -> scored/{train,dev,test}.jsonl by id prefix ("train/12"), and beside
-    test.jsonl the facts each generated answer states (`urg_ray.synthetic.stated_facts`) with its
+    test.jsonl the facts each generated answer states (`urg_ray.synthetic_facts.stated_facts`) with its
     question's reference facts: what jobs/evaluate.py --bounds reads."""
     from urg_ray.data import DataError, read_records, write_records
-    from urg_ray.synthetic import Fact, SyntheticExample, read_facts, stated_facts, world_from_knobs, write_facts
+    from urg_ray.synthetic import Fact, SyntheticExample, world_from_knobs
+    from urg_ray.synthetic_facts import read_facts, stated_facts, write_facts
 
     world = world_from_knobs(cfg.synthetic)
     records = read_records(d / "score" / "candidates.jsonl")
@@ -315,7 +317,7 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
     shown = [n for n, r in rows.items() if r["kind"] != "oracle" or n == "Oracle (bleu)"]  # the rest: eval.md
     lines += [f"| {name} | " + " | ".join(f"{rows[name]['scores'][m]:.4g}" for m in metrics) + " |" for name in shown]
     lines += ["", BOUNDS_NOTE + " Here the facts are those each generated answer states "
-              "(urg_ray.synthetic.stated_facts; a garbled fact counts as none).", ""]
+              "(urg_ray.synthetic_facts.stated_facts; a garbled fact counts as none).", ""]
     ensemble = [n for n in rows if rows[n]["kind"] in ("rank", "fusion") and n in per_record]
     margins = {(row, m): paired_bootstrap(per_record[row][m], per_record[best][m])
                for row in ensemble for m in metrics if m in per_record[row] and m in per_record[best]}

@@ -175,7 +175,7 @@ def test_the_report_with_no_member_row_names_the_file(tmp_path, capsys):
 
 def test_split_writes_the_facts_each_generated_answer_states(tmp_path):
     from urg_ray.data import write_records
-    from urg_ray.synthetic import attach_facts, read_facts
+    from urg_ray.synthetic_facts import attach_facts, read_facts
 
     cfg = config(n=pipeline.SplitSizes(train=2, dev=2, test=3))
     pipeline.make_data(cfg, tmp_path)

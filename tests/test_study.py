@@ -112,7 +112,7 @@ def test_study_evaluates_each_seed_on_one_test_set_with_bounds_and_summarises(tm
 
 @pytest.mark.slow
 def test_evaluate_job_bounds_paired_and_summary_on_synthetic_data(tmp_path):
-    from urg_ray import URG, synthetic
+    from urg_ray import URG, synthetic, synthetic_facts
     from urg_ray.baselines import GenFuser, PairRanker
     from urg_ray.metrics import bleu
 
@@ -120,7 +120,7 @@ def test_evaluate_job_bounds_paired_and_summary_on_synthetic_data(tmp_path):
     examples = synthetic.make_examples(6, 4, seed=2, config=config, id_prefix="synthetic/test")
     test_file = tmp_path / "test.jsonl"
     write_records(test_file, [ex.record for ex in examples])
-    synthetic.write_facts(synthetic.facts_path(test_file), examples)
+    synthetic_facts.write_facts(synthetic_facts.facts_path(test_file), examples)
     for cls, name in ((URG, "urg"), (PairRanker, "pair"), (GenFuser, "fuser")):
         cls.from_pretrained("tiny").save_pretrained(tmp_path / name)
     base = [sys.executable, "jobs/evaluate.py", "--test-file", str(test_file), "--set", "data.score_keys=[bleu]",
@@ -146,6 +146,6 @@ def test_evaluate_job_bounds_paired_and_summary_on_synthetic_data(tmp_path):
     bad = subprocess.run([*base, "--paired", "URG=PairRanker-gen", "--out", str(tmp_path / "bad")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no row 'PairRanker-gen'" in bad.stderr
-    Path(synthetic.facts_path(test_file)).unlink()
+    Path(synthetic_facts.facts_path(test_file)).unlink()
     missing = subprocess.run([*base, "--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no facts file" in missing.stderr

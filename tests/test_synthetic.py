@@ -6,7 +6,7 @@ from statistics import mean
 import pytest
 import yaml
 
-from urg_ray import synthetic
+from urg_ray import synthetic, synthetic_facts
 from urg_ray.data import Record
 from urg_ray.metrics import bleu
 
@@ -221,16 +221,16 @@ def test_strip_style_is_the_candidate_without_its_style():
 def test_facts_file_round_trip_and_mismatch(tmp_path):
     examples = synthetic.make_examples(5, 4, seed=1, config=_study_config(), id_prefix="synthetic/test")
     path = tmp_path / "test.facts.jsonl"
-    assert synthetic.facts_path(tmp_path / "test.jsonl") == str(path)
-    assert synthetic.write_facts(path, examples) == 5
-    facts = synthetic.read_facts(path)
-    assert [synthetic.attach_facts(ex.record, facts[ex.record["id"]]) for ex in examples] == examples
+    assert synthetic_facts.facts_path(tmp_path / "test.jsonl") == str(path)
+    assert synthetic_facts.write_facts(path, examples) == 5
+    facts = synthetic_facts.read_facts(path)
+    assert [synthetic_facts.attach_facts(ex.record, facts[ex.record["id"]]) for ex in examples] == examples
     with pytest.raises(ValueError, match="belongs to another data set"):
-        synthetic.attach_facts(examples[0].record, facts[examples[1].record["id"]])
+        synthetic_facts.attach_facts(examples[0].record, facts[examples[1].record["id"]])
     lines = path.read_text().splitlines()
     path.write_text(lines[0] + "\n" + lines[1].replace('"task": "', '"task": "x') + "\n")
     with pytest.raises(ValueError, match=r"test.facts.jsonl:2: field 'task'"):
-        synthetic.read_facts(path)
+        synthetic_facts.read_facts(path)
 
 
 # ---- question_names_facts: the question determines the reference ----------------------------------
@@ -285,8 +285,8 @@ def test_named_questions_keep_the_cards_error_rates_and_a_wrong_fact_keeps_the_a
 def test_stated_facts_reads_back_the_facts_of_a_text():
     examples = synthetic.make_examples(100, 8, seed=7, question_names_facts=True, score=False)
     pairs = [(ex, i) for ex in examples for i, k in enumerate(ex.kinds) if k == "normal"]
-    assert all(synthetic.stated_facts(ex.record["candidates"][i]["text"], ex.topics) == ex.candidate_facts[i]
+    assert all(synthetic_facts.stated_facts(ex.record["candidates"][i]["text"], ex.topics) == ex.candidate_facts[i]
                for ex, i in pairs)
     fact = synthetic._topic_pool("kiln", synthetic.SyntheticConfig())[0]
     text = f"Unlike the kiln, the harbor {fact.third_person()}. It {fact.verb} {fact.rest}x. Then zzz."
-    assert synthetic.stated_facts(text, ("kiln", "harbor")) == (synthetic.Fact("harbor", fact.verb, fact.rest),)
+    assert synthetic_facts.stated_facts(text, ("kiln", "harbor")) == (synthetic.Fact("harbor", fact.verb, fact.rest),)

@@ -106,7 +106,7 @@ def test_synthetic_knobs_of_the_job_are_checked():
 
 
 def test_named_pairs_ask_for_the_facts_the_answer_states():
-    from urg_ray.synthetic import stated_facts
+    from urg_ray.synthetic_facts import stated_facts
 
     (question, answer), = chat_pairs("alpaca-native", 1, seed=3, synthetic={"question_names_facts": True})
     asked, stated = question.rsplit("Say ", 1)[1], stated_facts(answer, ("kiln",))

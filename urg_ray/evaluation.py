@@ -154,7 +154,7 @@ class Evaluator:
     def add_bounds(self, world: Mapping[str, SyntheticExample], top_k: int = 3, rankers: Sequence[str] = (),
                    metric: str = "bleu") -> list[Row]:
         """Rows no trained fuser is needed for, from each record's latent facts (`world`: record id ->
-        `urg_ray.synthetic.attach_facts`): the oracle by `metric` over style-stripped candidates; for
+        `urg_ray.synthetic_facts.attach_facts`): the oracle by `metric` over style-stripped candidates; for
         each rank row in `rankers` (added before), its top-1 style-stripped and an ideal fusion of its
         top-k; ideal fusions of the true top-1 and top-k (by the ground-truth quality)."""
         from urg_ray.synthetic import fuse_facts, strip_style

@@ -231,7 +231,7 @@ def answer_questions(model_dir: str | os.PathLike, questions: list[str], max_new
 def reference_fact_recall(answer: str, example, config=None) -> float:
     """Share of a `urg_ray.synthetic.SyntheticExample`'s reference facts the answer states, read in
     the world of `config` (a `SyntheticConfig`; default: the default world)."""
-    from urg_ray.synthetic import stated_facts
+    from urg_ray.synthetic_facts import stated_facts
 
     stated = set(stated_facts(answer, example.topics, config))
     return sum(f in stated for f in example.reference_facts) / len(example.reference_facts)
