@@ -95,7 +95,7 @@ def test_data_step_writes_prompts_and_a_generate_config_per_llm(tmp_path):
 
 
 def test_serve_config_points_at_these_llms_and_this_urg(tmp_path):
-    from serve.app import AppArgs
+    from serve.config import AppArgs
 
     pipeline.serve_config(config(llms=["tiny-oasst", "tiny-alpaca"]), tmp_path)
     app = yaml.safe_load((tmp_path / "serve.yaml").read_text())["applications"][0]

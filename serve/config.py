@@ -1,0 +1,66 @@
+"""What `serve/app.yaml` sets under `args` (AppArgs: the candidates, the ranker-fuser, auth and
+limits), checked before anything starts, and the /healthz body."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serve.candidates import CandidateArgs
+
+
+class URGArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "outputs/train/model"  # a save_pretrained folder (jobs/train.py writes this one) or a preset
+    fallback_preset: str | None = "tiny"  # served when `model` is missing (/healthz says untrained); null: an error
+    dtype: str = Field("float32", pattern="^(float32|bfloat16|float16)$")
+    max_batch_size: int = Field(8, ge=1)  # @serve.batch
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    num_threads: int | None = Field(None, ge=1)  # torch threads per replica (default: Ray's OMP_NUM_THREADS)
+    max_new_tokens: int = Field(64, ge=1)  # of the fused answer, unless the request asks for fewer
+    question_max_chars: int = Field(2_000, ge=1)  # of a multi-turn chat's question; the oldest turns go first
+    deployment: dict[str, Any] = Field(default_factory=dict)  # Serve options (replicas, autoscaling, num_cpus)
+
+
+class LimitArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(256 * 1024, ge=1)  # larger bodies: 413
+    max_inputs: int = Field(32, ge=1)  # questions per /v1/rank_and_fuse request
+    max_candidates: int = Field(16, ge=1)  # candidates per question
+    max_text_chars: int = Field(16_000, ge=1)  # per message, question or candidate
+    max_new_tokens: int = Field(512, ge=1)  # the most a request may ask for
+    max_in_flight: int = Field(64, ge=1)  # admitted requests per ingress replica, running or waiting; beyond: 429
+
+
+class AppArgs(BaseModel):
+    """Everything `serve/app.yaml` sets under `args`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = "urg-ensemble"  # the `model` clients send to /v1/chat/completions
+    candidates: list[CandidateArgs] = Field(min_length=1)
+    urg: URGArgs = Field(default_factory=URGArgs)
+    candidate_timeout_s: float = Field(30.0, gt=0)  # per candidate; a late one is dropped
+    ranker_timeout_s: float = Field(120.0, gt=0)
+    # bearer: every replica must find its key in `auth_token_env`, or refuses to start; none: say so.
+    auth: Literal["bearer", "none"] = "bearer"
+    auth_token_env: str = "URG_SERVE_API_KEY"
+    warmup_retry_s: float = Field(2.0, gt=0)  # between warm-up attempts of a candidate that failed one
+    limits: LimitArgs = Field(default_factory=LimitArgs)
+    ingress: dict[str, Any] = Field(default_factory=dict)  # Serve options of the ingress deployment
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "AppArgs":
+        names = [c.name for c in self.candidates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidate names must be unique, got {names}")
+        return self
+
+
+class Health(BaseModel):
+    status: Literal["ready", "warming_up"]
+    model: str
+    ranker: Literal["trained", "untrained", "unknown"]  # untrained: preset weights, not a checkpoint
+    candidates: list[str]
+    waiting_for: list[str]  # what has not answered its warm-up yet
