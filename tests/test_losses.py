@@ -25,6 +25,16 @@ def test_rank_loss_ignores_padded_slots_and_ties():
     assert tied.item() == 0.0
 
 
+def test_rank_loss_min_gap_drops_pairs_of_near_equal_quality():
+    scores = torch.tensor([[0.9, 0.5, 0.1]])
+    quality = torch.tensor([[0.00001, 0.00003, 0.6]])  # a judge's near-zeros, then a real win
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    # all pairs r_i < r_j: (0,1): 0.4; (0,2): 0.8; (1,2): 0.4
+    assert losses.rank_loss(scores, quality, mask).item() == pytest.approx((0.4 + 0.8 + 0.4) / 3)
+    # min_gap 0.01: (0,1) differs by 2e-5, no pair; the mean is over the two pairs left
+    assert losses.rank_loss(scores, quality, mask, min_gap=0.01).item() == pytest.approx((0.8 + 0.4) / 2)
+
+
 def test_rank_loss_is_zero_when_order_is_right_with_margin_to_spare():
     scores = torch.tensor([[3.0, 2.0, 1.0]])
     quality = torch.tensor([[9.0, 5.0, 1.0]])

@@ -22,14 +22,16 @@ def normalize_scores(scores: torch.Tensor, candidate_mask: torch.Tensor) -> torc
 
 
 def rank_loss(scores: torch.Tensor, quality: torch.Tensor, candidate_mask: torch.Tensor,
-              margin: float = 0.0) -> torch.Tensor:
+              margin: float = 0.0, min_gap: float = 0.0) -> torch.Tensor:
     """Eq. 7: sum over pairs with r_i < r_j of max(0, s_i - s_j + margin), averaged over pairs.
 
     scores, quality: (B, N); candidate_mask: (B, N) bool. A worse candidate i scoring above a
-    better one j is penalised. Ties in quality give no pair.
+    better one j is penalised. Ties in quality give no pair, and so do qualities closer than
+    `min_gap` (a judge's 1e-5 against 3e-5 is noise, not an order).
     """
     valid = candidate_mask.unsqueeze(2) & candidate_mask.unsqueeze(1)  # (B, N, N)
-    worse = (quality.unsqueeze(2) < quality.unsqueeze(1)) & valid  # [b, i, j]: r_i < r_j
+    gap = quality.unsqueeze(1) - quality.unsqueeze(2)  # [b, i, j]: r_j - r_i
+    worse = (gap > min_gap) & (gap > 0) & valid  # r_i < r_j by more than min_gap
     scores = scores.masked_fill(~candidate_mask, 0.0)  # padded slots hold -inf
     hinge = F.relu(scores.unsqueeze(2) - scores.unsqueeze(1) + margin)  # s_i - s_j + margin
     # where(), not a product: the graph stays whole (DeepSpeed's hooks) even with no pairs

@@ -280,7 +280,7 @@ class URG(RankerFuser):
         rank = zero
         if cfg.rank_loss:
             ranked = losses.normalize_scores(scores, mask_c) if cfg.normalize_scores else scores
-            rank = losses.rank_loss(ranked, batch.quality, mask_c, cfg.rank_margin)
+            rank = losses.rank_loss(ranked, batch.quality, mask_c, cfg.rank_margin, cfg.rank_min_gap)
         total = losses.total_loss(rank, kl, ce, cfg.gamma if gamma is None else gamma, cfg.beta)
         return URGOutput(total, rank, kl, ce, scores)
 
