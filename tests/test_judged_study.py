@@ -2,6 +2,8 @@
 hand-made judged records whose win rates, intervals and correlations are worked out by hand."""
 
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -77,6 +79,23 @@ def test_ranker_row_and_paired_difference(study):
     assert study.row("Perfect").picks == [2, 0, 1, 1]
     paired = study.paired("Perfect", "b")  # per record 1-0.5, 1-0.5, 1-1, 0.5-0.5: mean 0.25
     assert paired["mean_pct"] == pytest.approx(25.0) and paired["low_pct"] >= 0.0 and paired["high_pct"] <= 50.0
+
+
+def test_decisive_instructions_and_test_size_to_resolve():
+    # instructions 0 and 2 have no answer at judge_win >= 0.05: they decide (almost) nothing
+    records = [judged(0, (0.001, 0.002, 0.003)), judged(1, (0.9, 0.1, 0.0)),
+               judged(2, (0.02, 0.04, 0.0)), judged(3, (0.0, 0.6, 0.3))]
+    study = JudgedStudy(records, n_resamples=200)
+    for model in ("a", "b"):
+        study.add_selection(model, "model", [("a", "b", "c").index(model)] * 4)
+    decisive = study.to_json()["decisive"]
+    assert decisive["n"] == 2
+    assert decisive["share"]["a"] == pytest.approx(0.9 / (0.001 + 0.9 + 0.02 + 0.0))
+    assert decisive["share"]["b"] == pytest.approx((0.1 + 0.6) / (0.002 + 0.1 + 0.04 + 0.6))
+    paired = study.paired("a", "b")
+    sd = statistics.stdev([0.001 - 0.002, 0.9 - 0.1, 0.02 - 0.04, 0.0 - 0.6])
+    assert paired["sd_pct"] == pytest.approx(100 * sd)
+    assert paired["n_to_resolve"] == math.ceil((1.96 * 100 * sd / 2.0) ** 2)  # a ±2-point interval
 
 
 def test_fusion_row_has_no_judge_and_rows_reload(study, tmp_path):

@@ -29,6 +29,8 @@ from urg_ray.evaluation import paired_bootstrap, rank_correlation
 JUDGE = "judge_win"
 REFERENCE_METRICS = ("bleu", "bertscore")
 COLUMNS = (JUDGE, *REFERENCE_METRICS)
+DECISIVE_WIN = 0.05  # an instruction where no answer reaches this adds almost nothing to any row's win rate
+RESOLVE_PCT = 2.0  # the paired interval half-width (points) whose test size the table states
 KIND_TITLES = {"model": "Ensemble model", "baseline": "Baseline", "oracle": "Oracle", "ranker": "Trained selector",
                "fusion": "Fusion (new text)"}
 
@@ -137,15 +139,32 @@ class JudgedStudy:
         return out | row.correlation
 
     def paired(self, a: str, b: str) -> dict:
-        """Paired bootstrap interval of row a's judge win % minus row b's (same test instructions)."""
+        """Paired bootstrap interval of row a's judge win % minus row b's (same test instructions),
+        and how many test instructions a +-RESOLVE_PCT-point interval would take at this spread
+        (normal approximation: n = (1.96 sd / half-width)^2)."""
+        diff = np.subtract(self.row(a).per_record[JUDGE], self.row(b).per_record[JUDGE])
         found = paired_bootstrap(self.row(a).per_record[JUDGE], self.row(b).per_record[JUDGE], self.n_resamples,
                                  seed=self.seed)
+        sd = float(np.std(diff, ddof=1)) if len(diff) > 1 else math.nan
         return {"a": a, "b": b, "mean_pct": 100 * found["mean"], "low_pct": 100 * found["low"],
-                "high_pct": 100 * found["high"]}
+                "high_pct": 100 * found["high"], "sd_pct": 100 * sd,
+                "n_to_resolve": math.ceil((1.96 * 100 * sd / RESOLVE_PCT) ** 2) if sd == sd else None}
+
+    def decisive(self) -> dict:
+        """The test instructions where some answer has judge_win >= DECISIVE_WIN, and the share of
+        each judged row's summed judge_win that comes from them."""
+        live = np.array([max(t) >= DECISIVE_WIN for t in self.truth])
+        share = {}
+        for row in self.rows:
+            wins = np.asarray(row.per_record[JUDGE], float)
+            if np.isfinite(wins).all() and wins.sum() > 0:
+                share[row.name] = float(wins[live].sum() / wins.sum())
+        return {"threshold": DECISIVE_WIN, "n": int(live.sum()), "share": share}
 
     def to_json(self, pairs: Sequence[tuple[str, str]] = ()) -> dict:
         return {"n_records": len(self.records), "ensemble": self.models, "confidence": 0.95,
                 "n_resamples": self.n_resamples, "rows": [self.summary(r) for r in self.rows],
+                "decisive": self.decisive(), "resolve_pct": RESOLVE_PCT,
                 "paired": [self.paired(a, b) for a, b in pairs]}
 
     def records_json(self) -> dict:
@@ -201,10 +220,20 @@ def write_markdown(data: dict) -> str:
         lines.append(f"| {KIND_TITLES[row['kind']]} | {row['name']} | {_cell(row.get('judge_win_pct'), 1)} | {interval} | "
                      f"{_cell(row.get('spearman'), 3)} | {_cell(row.get('pearson'), 3)} | {_cell(row['bleu'], 2)} | "
                      f"{_cell(row['bertscore'], 4)} |")
+    decisive = data.get("decisive")
+    if decisive and decisive["share"]:
+        shares = [100 * v for v in decisive["share"].values()]
+        lines += ["", f"Decisive instructions: {decisive['n']} of {data['n_records']} have an answer with `judge_win` >= "
+                  f"{decisive['threshold']}; they hold {min(shares):.0f}-{max(shares):.0f}% of every judged row's summed "
+                  "`judge_win`. The other instructions barely move any row."]
     if data["paired"]:
+        half = data.get("resolve_pct", RESOLVE_PCT)
         lines += ["", "## Paired differences in judge win (percentage points)", "",
-                  "| A − B | Mean | 95% interval |", "|---|---|---|"]
-        lines += [f"| {p['a']} − {p['b']} | {p['mean_pct']:+.1f} | [{p['low_pct']:+.1f}, {p['high_pct']:+.1f}] |"
+                  f"SD: of the per-instruction difference. Instructions for ±{half:g}: the test size whose 95% interval "
+                  f"would be ±{half:g} points at this SD (1.96 SD / √n).", "",
+                  "| A − B | Mean | 95% interval | SD | Instructions for ±" + f"{half:g} |", "|---|---|---|---|---|"]
+        lines += [f"| {p['a']} − {p['b']} | {p['mean_pct']:+.1f} | [{p['low_pct']:+.1f}, {p['high_pct']:+.1f}] | "
+                  f"{_cell(p.get('sd_pct'), 1)} | {p.get('n_to_resolve') or '–'} |"
                   for p in data["paired"]]
     return "\n".join(lines) + "\n"
 
