@@ -1,7 +1,7 @@
 """Ray Serve ensemble: N candidate LLM deployments -> the URG ranker-fuser, behind an
 OpenAI-compatible FastAPI ingress.
 
-    serve run serve/app.yaml                     # CPU: tiny candidates + outputs/train/model (or `tiny`)
+    serve run serve/app.yaml                     # CPU: the `make demo` ensemble, else tiny random-init ones
     serve run serve/app.gpu.yaml                 # GPU nodes: vLLM LLMServer candidates, autoscaling
 
 `build_app(args)` is the application builder `import_path: serve.app:build_app` names; the YAML
@@ -46,8 +46,8 @@ from starlette.types import Receive, Scope, Send
 
 from serve import protocol
 from serve.candidates import (build_candidate, call_candidate, candidate_sampling, count_prompt_tokens, max_model_len,
-                              short_reason)
-from serve.config import AppArgs, Health
+                              served_source, short_reason)
+from serve.config import AppArgs, Health, served_urg
 from serve.errors import APIError, check_bearer, install_error_handlers, read_body, request_id
 from serve.metrics import EnsembleMetrics
 from serve.ranker import FusionFailed, URGRankerFuser
@@ -467,14 +467,16 @@ class Ingress:
 def build_app(args: dict[str, Any] | AppArgs) -> Application:
     """The application: candidates and the ranker-fuser, composed by the ingress.
 
-    `args` are validated here (a bad field fails `serve run` before anything starts). A relative
-    URG checkpoint path is made absolute against the directory `serve run` is called from.
+    `args` are validated here (a bad field fails `serve run` before anything starts). Relative
+    folders (URG's checkpoint, candidates' model sources) are read against the directory `serve
+    run` is called from; a missing one is replaced by its fallback, and the log says which.
     """
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
-    model = args.urg.model
-    if not Path(model).is_absolute() and Path(model).is_dir():
-        args = args.model_copy(update={"urg": args.urg.model_copy(update={"model": str(Path(model).resolve())})})
-    urg = args.urg
+    urg, urg_fell_back = served_urg(args.urg)
+    served = [served_source(c) for c in args.candidates]
+    if args.fallback_note and (urg_fell_back or any(fell_back for _, fell_back in served)):
+        log.warning("fallbacks served: %s", args.fallback_note)
+    args = args.model_copy(update={"urg": urg, "candidates": [c for c, _ in served]})
     ranker = URGRankerFuser.options(**urg.deployment).bind(
         urg.model, urg.fallback_preset, urg.dtype, urg.max_batch_size, urg.batch_wait_timeout_s, urg.num_threads)
     candidates = {c.name: build_candidate(c) for c in args.candidates}

@@ -17,6 +17,10 @@ What the ingress calls (every call takes the bound deployment's handle and the C
     await count_prompt_tokens(handle, args, messages)    # -> int | None (None: the engine cannot tell)
     await max_model_len(handle, args)                    # -> int | None, for a context-length check
 
+A candidate with a `fallback_source` names a local folder in `model_source` (a trained LLM that
+`make demo` builds); `served_source(args)`, called by `build_app`, serves the fallback (a built-in
+tiny LLM) while that folder is missing, and logs which one each candidate serves.
+
 `call_candidate` never raises for a failing candidate (the reason is `answer.error`); only a
 cancellation (the ingress's timeout) propagates, and stops the candidate's work too.
 """
@@ -24,8 +28,10 @@ cancellation (the ingress's timeout) propagates, and stops the candidate's work 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, Field
@@ -34,6 +40,7 @@ from ray import serve
 from urg_ray.llms.base import LLM, Answer, Sampling, engine_class, failed
 from urg_ray.llms.spec import LLMSpec, check_engine
 
+log = logging.getLogger("ray.serve")
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 HEAVY_ENGINES = ("transformers", "vllm-actor")  # a model in the replica: more CPU, fewer requests at once
 
@@ -52,6 +59,8 @@ class CandidateArgs(LLMSpec):
     timeout_s: float | None = Field(None, gt=0)
     max_batch_size: int = Field(8, ge=1)  # requests per LLM.agenerate call (@serve.batch)
     deployment: dict[str, Any] = Field(default_factory=dict)  # Serve options (non-vllm engines)
+    # served instead while `model_source`, then a local folder, does not exist (see `served_source`)
+    fallback_source: str | None = None
 
     def missing_field(self) -> str | None:
         if self.engine in HEAVY_ENGINES and not self.source:
@@ -59,6 +68,26 @@ class CandidateArgs(LLMSpec):
         if self.engine == "vllm" and not (self.source or self.llm_config.get("model_loading_config")):
             return "model_source (or llm_config.model_loading_config)"
         return super().missing_field()
+
+
+def served_source(args: CandidateArgs) -> tuple[CandidateArgs, bool]:
+    """The candidate as it will be served, and whether that is its fallback; logged in one line.
+
+    A local `model_source` folder is made absolute (replicas need not start where `serve run`
+    did). With a `fallback_source`, `model_source` must be such a folder: while it is missing the
+    fallback is served instead; nothing else about the candidate changes.
+    """
+    folder = Path(args.model_source)
+    if folder.is_dir():
+        log.info("candidate %s: serving %s", args.name, folder.resolve())
+        return args.model_copy(update={"source": str(folder.resolve())}), False
+    if args.fallback_source is None:
+        log.info("candidate %s: serving %s", args.name, args.model_source)
+        return args, False
+    fallback = Path(args.fallback_source)
+    source = str(fallback.resolve()) if fallback.is_dir() else args.fallback_source
+    log.warning("candidate %s: %s not found; serving its fallback %s instead", args.name, args.model_source, source)
+    return args.model_copy(update={"source": source}), True
 
 
 def deployment_name(args: CandidateArgs) -> str:

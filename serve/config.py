@@ -1,18 +1,24 @@
 """What `serve/app.yaml` sets under `args` (AppArgs: the candidates, the ranker-fuser, auth and
-limits), checked before anything starts, and the /healthz body."""
+limits), checked before anything starts, which URG checkpoint is served (`served_urg`), and the
+/healthz body."""
 
+import logging
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve.candidates import CandidateArgs
 
+log = logging.getLogger("ray.serve")
+
 
 class URGArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "outputs/train/model"  # a save_pretrained folder (jobs/train.py writes this one) or a preset
-    fallback_preset: str | None = "tiny"  # served when `model` is missing (/healthz says untrained); null: an error
+    fallback_model: str | None = None  # a folder served when `model` is missing
+    fallback_preset: str | None = "tiny"  # served when both are missing (/healthz says untrained); null: an error
     dtype: str = Field("float32", pattern="^(float32|bfloat16|float16)$")
     max_batch_size: int = Field(8, ge=1)  # @serve.batch
     batch_wait_timeout_s: float = Field(0.01, ge=0)
@@ -20,6 +26,35 @@ class URGArgs(BaseModel):
     max_new_tokens: int = Field(64, ge=1)  # of the fused answer, unless the request asks for fewer
     question_max_chars: int = Field(2_000, ge=1)  # of a multi-turn chat's question; the oldest turns go first
     deployment: dict[str, Any] = Field(default_factory=dict)  # Serve options (replicas, autoscaling, num_cpus)
+
+
+def served_urg(urg: URGArgs) -> tuple[URGArgs, bool]:
+    """The URG args as they will be served, and whether that is a fallback; logged in one line.
+
+    The first of `model`, `fallback_model` that is a folder here, made absolute (replicas need not
+    start where `serve run` did); else `model` as written: a preset name, or a path the ranker-fuser
+    replaces by `fallback_preset` (`urg_ray.presets.resolve_urg_source`; without one, it fails).
+    """
+    from urg_ray.presets import PRESETS
+
+    if Path(urg.model).is_dir():
+        log.info("URG ranker-fuser: serving the checkpoint %s", Path(urg.model).resolve())
+        return urg.model_copy(update={"model": str(Path(urg.model).resolve())}), False
+    if urg.model in PRESETS:
+        log.info("URG ranker-fuser: serving the %r preset (untrained weights)", urg.model)
+        return urg, False
+    if urg.fallback_model is not None and Path(urg.fallback_model).is_dir():
+        log.warning("URG ranker-fuser: %s not found; serving the checkpoint %s instead", urg.model,
+                    Path(urg.fallback_model).resolve())
+        return urg.model_copy(update={"model": str(Path(urg.fallback_model).resolve())}), True
+    missing = f"{urg.model} not found" if urg.fallback_model is None else \
+        f"neither {urg.model} nor {urg.fallback_model} found"
+    if urg.fallback_preset is None:
+        log.warning("URG ranker-fuser: %s, and no fallback_preset is set: the ranker-fuser will fail", missing)
+    else:
+        log.warning("URG ranker-fuser: %s; serving the %r preset instead (untrained weights)", missing,
+                    urg.fallback_preset)
+    return urg, True
 
 
 class LimitArgs(BaseModel):
@@ -49,6 +84,7 @@ class AppArgs(BaseModel):
     warmup_retry_s: float = Field(2.0, gt=0)  # between warm-up attempts of a candidate that failed one
     limits: LimitArgs = Field(default_factory=LimitArgs)
     ingress: dict[str, Any] = Field(default_factory=dict)  # Serve options of the ingress deployment
+    fallback_note: str | None = None  # logged once when a candidate or URG serves its fallback: how to build the real ones
 
     @model_validator(mode="after")
     def _unique_names(self) -> "AppArgs":
