@@ -84,7 +84,7 @@ class AppArgs(BaseModel):
     warmup_retry_s: float = Field(2.0, gt=0)  # between warm-up attempts of a candidate that failed one
     limits: LimitArgs = Field(default_factory=LimitArgs)
     ingress: dict[str, Any] = Field(default_factory=dict)  # Serve options of the ingress deployment
-    fallback_note: str | None = None  # logged once when a candidate or URG serves its fallback: how to build the real ones
+    fallback_note: str | None = None  # logged once when a candidate or URG serves its fallback: how to build them
 
     @model_validator(mode="after")
     def _unique_names(self) -> "AppArgs":
