@@ -31,6 +31,18 @@ class ServeLoad:
         self.bench, self.serve_config, self.max_tokens, self.url = serve_benchmark, Path(serve_config), max_tokens, None
         self.urg = dict(urg or {})
 
+    def served_urg(self) -> str:
+        """The URG the app serves (its checkpoint, fallback checkpoint or preset, as build_app picks
+        it: serve.config.served_urg, then the ranker's fallback preset), for the in-process side."""
+        import yaml
+
+        from serve.config import URGArgs, served_urg
+        from urg_ray.presets import resolve_urg_source
+
+        args = yaml.safe_load(self.serve_config.read_text())["applications"][0]["args"]
+        urg, _ = served_urg(URGArgs.model_validate({**args.get("urg", {}), **self.urg}))
+        return resolve_urg_source(urg.model, urg.fallback_preset)
+
     def inputs(self, n: int) -> tuple[list[str], list[list[str]]]:
         """The questions and candidate lists serve_benchmark sends, for the in-process side."""
         bodies = [self.bench._body(self.bench.LoadConfig(endpoint="rank_and_fuse"), i)[1] for i in range(n)]
@@ -88,7 +100,7 @@ def overhead_main(argv: list[str]) -> int:
             try:
                 questions, candidates = load.inputs(24)
                 results[pair] = overhead.serving_pair(load, questions, candidates, max_new_tokens=load.max_tokens,
-                                                      ranker=load.urg,
+                                                      ranker=load.urg, model=load.served_urg(),
                                                       **size.get(pair, {}))
             finally:
                 load.close()

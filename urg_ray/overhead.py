@@ -295,14 +295,14 @@ def generation_pair(n_prompts: int = 256, model: str = "tiny-llama-a") -> dict[s
 
 # ---- serving -------------------------------------------------------------------------------
 def inprocess_serving(questions: list[str], candidates: list[list[str]], max_new_tokens: int, batch_size: int,
-                      repeats: int, model: str = "outputs/train/model") -> dict[str, Any]:
-    """`URG.rank_and_fuse` as the Serve deployment calls it: single requests, then batches of `batch_size`."""
+                      repeats: int, model: str = "tiny") -> dict[str, Any]:
+    """`URG.rank_and_fuse` as the Serve deployment calls it: single requests, then batches of `batch_size`.
+    `model`: a `save_pretrained` folder or a preset, the one the Serve app serves."""
     import torch
 
     from urg_ray import URG
-    from urg_ray.presets import resolve_urg_source
 
-    urg = URG.from_pretrained(resolve_urg_source(model, "tiny"))
+    urg = URG.from_pretrained(model)
     call = dict(max_new_tokens=max_new_tokens, empty_fallback=True)
     singles, batches = [], []
     with torch.no_grad():
@@ -326,13 +326,14 @@ def inprocess_serving(questions: list[str], candidates: list[list[str]], max_new
 
 def serving_pair(http: Callable[[int, int], dict], questions: list[str], candidates: list[list[str]],
                  max_new_tokens: int = 16, batch_size: int = 8, clients: int = 32, repeats: int = 64,
-                 ranker: dict[str, Any] | None = None) -> dict[str, Any]:
+                 ranker: dict[str, Any] | None = None, model: str = "tiny") -> dict[str, Any]:
     """`http(clients, requests)` -> jobs/serve_benchmark.py's result for /v1/rank_and_fuse on the
     same questions and candidates (it owns Ray and Serve); in-process first, before Serve starts.
-    `ranker`: the Serve app's `urg` args that differ from serve/app.yaml (reported as given)."""
+    `ranker`: the Serve app's `urg` args that differ from serve/app.yaml (reported as given);
+    `model`: the URG the app serves (a folder or a preset), loaded in-process too."""
     out: dict[str, Any] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "clients": clients,
-                           "ranker_overrides": dict(ranker or {}), "load_before": os.getloadavg()}
-    out["inprocess"] = inprocess_serving(questions, candidates, max_new_tokens, batch_size, repeats)
+                           "ranker_overrides": dict(ranker or {}), "model": model, "load_before": os.getloadavg()}
+    out["inprocess"] = inprocess_serving(questions, candidates, max_new_tokens, batch_size, repeats, model)
     single, loaded = http(1, repeats), http(clients, max(4 * clients, repeats))
     out["http"] = {"p50_ms": single["latency_s"]["p50"] * 1e3, "requests_per_s": loaded["requests_per_s"],
                    "errors": single["errors"] + loaded["errors"], "single": single, "loaded": loaded}

@@ -90,7 +90,9 @@ def markdown(report: dict[str, Any]) -> str:
                   f"| batches of {s['batch_size']} |",
                   f"| HTTP via Serve | {_f(s['http']['p50_ms'])} | {_f(s['http']['requests_per_s'])} | "
                   f"{s['clients']} clients, {s['http']['errors']} errors |", "",
-                  f"The Serve app: serve/app.yaml, canned candidates, `urg` args changed: {s.get('ranker_overrides') or 'none'}.",
+                  "The Serve app: serve/app.yaml, canned candidates, "
+                  + (f"URG `{s['model']}` (in-process too), " if "model" in s else "")
+                  + f"`urg` args changed: {s.get('ranker_overrides') or 'none'}.",
                   ""]
     if "scoring" in results:
         c = results["scoring"]
