@@ -6,7 +6,8 @@ Candidate quality in MixInstruct records is stored per candidate as a ``scores``
 the ones LLM-Blender reports (Pearson, Spearman, Spearman's footrule); they are pure
 numpy so evaluation needs no scipy.
 
-BERTScore imports torch lazily, so the rest of this module is cheap to import.
+BERTScore (torch) and ROUGE (rouge-score, nltk: ~1 s) are imported on first use, so a process that
+scores only BLEU or BARTScore never pays for them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rouge_score import rouge_scorer, tokenize, tokenizers
 from sacrebleu.metrics import BLEU
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,9 @@ def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
 
 
 # -------------------------------------------------------------------------- ROUGE
-class _CachedStemTokenizer(tokenizers.Tokenizer):
-    """rouge-score's default tokenizer with ``use_stemmer=True``, memoised.
+class _CachedStemTokenizer:
+    """rouge-score's default tokenizer with ``use_stemmer=True``, memoised (RougeScorer only
+    calls ``tokenize``).
 
     Produces exactly the tokens of ``tokenizers.DefaultTokenizer(use_stemmer=True)``;
     caching the Porter stemmer and whole texts (references are scored against every
@@ -62,21 +63,25 @@ class _CachedStemTokenizer(tokenizers.Tokenizer):
 
     def __init__(self) -> None:
         from nltk.stem import porter
+        from rouge_score import tokenize
 
+        self._re = tokenize
         self._stem = functools.lru_cache(maxsize=None)(porter.PorterStemmer().stem)
         self._tokens = functools.lru_cache(maxsize=65536)(self._tokenize)
 
     def _tokenize(self, text: str) -> tuple[str, ...]:
-        words = tokenize.SPACES_RE.split(tokenize.NON_ALPHANUM_RE.sub(" ", text.lower()))
+        words = self._re.SPACES_RE.split(self._re.NON_ALPHANUM_RE.sub(" ", text.lower()))
         stemmed = (self._stem(w) if len(w) > 3 else w for w in words)
-        return tuple(t for t in stemmed if tokenize.VALID_TOKEN_RE.match(t))
+        return tuple(t for t in stemmed if self._re.VALID_TOKEN_RE.match(t))
 
     def tokenize(self, text: str) -> list[str]:
         return list(self._tokens(text))
 
 
 @functools.lru_cache(maxsize=None)
-def _rouge_scorer(rouge_types: tuple[str, ...]) -> rouge_scorer.RougeScorer:
+def _rouge_scorer(rouge_types: tuple[str, ...]):
+    from rouge_score import rouge_scorer
+
     return rouge_scorer.RougeScorer(list(rouge_types), tokenizer=_CachedStemTokenizer())
 
 
