@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     best = next(r.name for r in study.rows if r.name.startswith("Best single model"))
     trained = [r.name for r in study.rows if r.kind == "ranker"]
     urg = [n for n in trained if n.endswith("-rank")]
-    pairs = [(n, best) for n in trained] + [(u, n) for u in urg for n in trained if n != u]
+    pairs = [(n, best) for n in trained]
+    for u in urg:  # each URG against every other selector, each pair of URGs once
+        pairs += [(u, n) for n in trained if n != u and (u, n)[::-1] not in pairs]
     data = study.to_json(pairs)
     for path in study.write(args.out, data):
         print(f"[real_study] wrote {path}")

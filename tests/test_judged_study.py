@@ -133,11 +133,14 @@ def test_job_adds_urg_and_pair_ranker_rows(tiny, tmp_path):
     data = [f"--set=data.{s}_file={tmp_path / s}.jsonl" for s in ("train", "dev", "test")]
     out = tmp_path / "out"
     assert real_study.main([*data, "--set=data.score_keys=[judge_win]", "--out", str(out), "--max-new-tokens", "4",
-                            "--model", f"URG={tmp_path / 'urg'}", "--model", f"Pair={tmp_path / 'pair'}"]) == 0
+                            "--model", f"URG={tmp_path / 'urg'}", "--model", f"Pair={tmp_path / 'pair'}",
+                            "--model", f"URG2={tmp_path / 'urg'}"]) == 0
     rows = {row["name"]: row for row in json.loads((out / "real.json").read_text())["rows"]}
     assert {"URG-rank", "URG (fused)", "Pair (MaxLogits)", "Pair (bubble)", "a", "Oracle (best judge_win)"} <= set(rows)
-    pairs = {(p["a"], p["b"]) for p in json.loads((out / "real.json").read_text())["paired"]}
+    pairs = [(p["a"], p["b"]) for p in json.loads((out / "real.json").read_text())["paired"]]
     assert ("URG-rank", "Best single model on train (c)") in pairs and ("URG-rank", "Pair (bubble)") in pairs
+    assert ("URG2-rank", "Pair (bubble)") in pairs
+    assert [p for p in pairs if set(p) == {"URG-rank", "URG2-rank"}] == [("URG-rank", "URG2-rank")]  # once
     # a second run with only the baselines keeps the models' rows (--keep)
     assert real_study.main([*data, "--out", str(out), "--keep"]) == 0
     assert "URG-rank" in {row["name"] for row in json.loads((out / "real.json").read_text())["rows"]}
