@@ -279,6 +279,7 @@ def serve_config(cfg: PipelineConfig, d: Path) -> None:
     args = app["applications"][0]["args"]
     args["urg"]["model"] = str((d / "train" / "model").resolve())
     args["urg"]["fallback_model"] = None  # this run's URG, else the preset: never another run's checkpoint
+    args.pop("fallback_note", None)  # serve/app.yaml's hint (make demo) is not this run's
     args["urg"]["max_new_tokens"] = 128  # as jobs/evaluate.py fuses
     args["candidates"] = [{"name": n, "kind": "transformers", "model_source": str((d / "llms" / n).resolve()),
                            "max_tokens": 96, "temperature": 1.0} for n in cfg.llms]  # as generated for training

@@ -118,8 +118,8 @@ class Ingress:
         self.specs = {c.name: c for c in self.args.candidates}
         self.candidates = candidates  # name -> DeploymentHandle (Serve substitutes the bound apps)
         # gRPC straight to the ranker's replica: one round trip, where Ray's actor call is a stream (Serve's
-        # accept/reject reply, then the answer); ~1.4 ms less per request on 2 cores (docs/results/performance.md)
-        self.ranker = ranker.options(_by_reference=False)
+        # accept/reject reply, then the answer); see AppArgs.ranker_grpc
+        self.ranker = ranker.options(_by_reference=False) if self.args.ranker_grpc else ranker
         self.token = self._read_key()
         self.in_flight = 0
         self.waiting_for = {*self.specs, "ranker"}

@@ -73,17 +73,18 @@ class CandidateArgs(LLMSpec):
 def served_source(args: CandidateArgs) -> tuple[CandidateArgs, bool]:
     """The candidate as it will be served, and whether that is its fallback; logged in one line.
 
-    A local `model_source` folder is made absolute (replicas need not start where `serve run`
-    did). With a `fallback_source`, `model_source` must be such a folder: while it is missing the
-    fallback is served instead; nothing else about the candidate changes.
+    Only a candidate with a `fallback_source` is looked at: its `model_source` is a local folder,
+    made absolute when it exists (replicas need not start where `serve run` did), and while it is
+    missing the fallback is served instead; nothing else about the candidate changes. Any other
+    candidate (hub ids, remote models, canned answers) is served as written.
     """
+    if args.fallback_source is None:
+        log.info("candidate %s: serving %s", args.name, args.model_source)
+        return args, False
     folder = Path(args.model_source)
     if folder.is_dir():
         log.info("candidate %s: serving %s", args.name, folder.resolve())
         return args.model_copy(update={"source": str(folder.resolve())}), False
-    if args.fallback_source is None:
-        log.info("candidate %s: serving %s", args.name, args.model_source)
-        return args, False
     fallback = Path(args.fallback_source)
     source = str(fallback.resolve()) if fallback.is_dir() else args.fallback_source
     log.warning("candidate %s: %s not found; serving its fallback %s instead", args.name, args.model_source, source)

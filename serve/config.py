@@ -31,18 +31,20 @@ class URGArgs(BaseModel):
 def served_urg(urg: URGArgs) -> tuple[URGArgs, bool]:
     """The URG args as they will be served, and whether that is a fallback; logged in one line.
 
-    The first of `model`, `fallback_model` that is a folder here, made absolute (replicas need not
-    start where `serve run` did); else `model` as written: a preset name, or a path the ranker-fuser
-    replaces by `fallback_preset` (`urg_ray.presets.resolve_urg_source`; without one, it fails).
+    A preset name as `model` is served as it is; else the first of `model`, `fallback_model` that is
+    a folder here, made absolute (replicas need not start where `serve run` did); else
+    `fallback_preset`, passed on by name so the replica loads just that. Without a fallback preset
+    `model` stays as written and the ranker-fuser fails naming it
+    (`urg_ray.presets.resolve_urg_source`). Hub ids are not looked up.
     """
     from urg_ray.presets import PRESETS
 
-    if Path(urg.model).is_dir():
-        log.info("URG ranker-fuser: serving the checkpoint %s", Path(urg.model).resolve())
-        return urg.model_copy(update={"model": str(Path(urg.model).resolve())}), False
     if urg.model in PRESETS:
         log.info("URG ranker-fuser: serving the %r preset (untrained weights)", urg.model)
         return urg, False
+    if Path(urg.model).is_dir():
+        log.info("URG ranker-fuser: serving the checkpoint %s", Path(urg.model).resolve())
+        return urg.model_copy(update={"model": str(Path(urg.model).resolve())}), False
     if urg.fallback_model is not None and Path(urg.fallback_model).is_dir():
         log.warning("URG ranker-fuser: %s not found; serving the checkpoint %s instead", urg.model,
                     Path(urg.fallback_model).resolve())
@@ -51,10 +53,10 @@ def served_urg(urg: URGArgs) -> tuple[URGArgs, bool]:
         f"neither {urg.model} nor {urg.fallback_model} found"
     if urg.fallback_preset is None:
         log.warning("URG ranker-fuser: %s, and no fallback_preset is set: the ranker-fuser will fail", missing)
-    else:
-        log.warning("URG ranker-fuser: %s; serving the %r preset instead (untrained weights)", missing,
-                    urg.fallback_preset)
-    return urg, True
+        return urg, True
+    log.warning("URG ranker-fuser: %s; serving the %r preset instead (untrained weights)", missing,
+                urg.fallback_preset)
+    return urg.model_copy(update={"model": urg.fallback_preset}), True
 
 
 class LimitArgs(BaseModel):
@@ -84,6 +86,10 @@ class AppArgs(BaseModel):
     warmup_retry_s: float = Field(2.0, gt=0)  # between warm-up attempts of a candidate that failed one
     limits: LimitArgs = Field(default_factory=LimitArgs)
     ingress: dict[str, Any] = Field(default_factory=dict)  # Serve options of the ingress deployment
+    # the ingress calls the ranker over Serve's gRPC transport (`_by_reference=False`, private in Ray
+    # 2.60): ~1 ms less a request on one node (docs/results/performance.md); across nodes every
+    # replica serves it on a random port, which the firewall must let through, so it is opt-in
+    ranker_grpc: bool = False
     fallback_note: str | None = None  # logged once when a candidate or URG serves its fallback: how to build them
 
     @model_validator(mode="after")

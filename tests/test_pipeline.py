@@ -101,7 +101,7 @@ def test_serve_config_points_at_these_llms_and_this_urg(tmp_path):
     app = yaml.safe_load((tmp_path / "serve.yaml").read_text())["applications"][0]
     args = AppArgs.model_validate(app["args"])
     assert args.urg.model == str((tmp_path / "train" / "model").resolve())
-    assert args.urg.fallback_model is None  # never another run's URG
+    assert args.urg.fallback_model is None and args.fallback_note is None  # never another run's URG or hint
     assert [(c.name, c.source, c.engine) for c in args.candidates] == [
         (n, str((tmp_path / "llms" / n).resolve()), "transformers") for n in ("tiny-oasst", "tiny-alpaca")]
     assert sorted(d["name"] for d in app["deployments"] if d["name"].startswith("Candidate-")) == [

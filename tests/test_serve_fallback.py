@@ -48,9 +48,13 @@ def test_a_candidate_whose_folder_exists_serves_it_by_its_absolute_path(tmp_path
 
 
 def test_a_candidate_without_fallback_keeps_its_source(tmp_path, monkeypatch):
+    for name in ("org/hub-model", "gpt-4o-mini", "echo"):
+        (tmp_path / name).mkdir(parents=True)  # a folder of the same name here changes nothing
     monkeypatch.chdir(tmp_path)
-    args = CandidateArgs(name="c", kind="transformers", model_source="org/hub-model")
-    assert served_source(args) == (args, False)
+    for args in (CandidateArgs(name="c", kind="transformers", model_source="org/hub-model"),
+                 CandidateArgs(name="remote", kind="openai", base_url="http://127.0.0.1:9/v1", remote_model="gpt-4o-mini"),
+                 CandidateArgs(name="echo", kind="canned", answers=["hi"])):
+        assert served_source(args) == (args, False)
 
 
 @pytest.mark.parametrize("present, served, fell_back", [
@@ -112,7 +116,7 @@ def test_serve_app_yaml_on_a_fresh_clone_logs_each_fallback_and_how_to_build_the
     served = [served_source(c) for c in args.candidates]
     assert [(c.source, fell_back) for c, fell_back in served] == [
         ("tiny-llama-a", True), ("tiny-gpt2", True), ("tiny-llama-b", True)]
-    assert served_urg(args.urg)[0].model == "outputs/pipeline/train/model"  # the replica then loads the preset
+    assert served_urg(args.urg)[0].model == "tiny"  # passed on by name: the replica loads just the preset
     for name in ("tiny-oasst", "tiny-koala", "tiny-alpaca"):
         assert f"candidate {name}: outputs/pipeline/llms/{name} not found" in serve_log.text
     assert "make demo" in args.fallback_note

@@ -45,7 +45,7 @@ class LossConfig(_Strict):
     top_m: int = Field(32, ge=1)  # m: tokens of p kept for the KL (eq. 8)
     tau: float = Field(2.0, gt=0)  # temperature of eq. 8
     rank_margin: float = Field(0.1, ge=0)  # eq. 7 as printed (0) is minimised by constant scores
-    rank_min_gap: float = Field(0.0, ge=0)  # pairs whose ground-truth qualities differ by less give no pair
+    rank_min_gap: float = Field(0.0, ge=0)  # pairs whose ground-truth qualities differ by at most this give no pair
     normalize_scores: bool = True  # rank on s_i * N / sum(s): raw scores are ~1/(N*L) in size
     kl_detach_p: bool = True  # p (top-k) is the teacher: no gradient through it
     select_by: Literal["ground_truth", "predicted"] = "ground_truth"  # top-k / worst in training

@@ -233,7 +233,7 @@ def write_markdown(data: dict) -> str:
                   f"would be ±{half:g} points at this SD (1.96 SD / √n).", "",
                   "| A − B | Mean | 95% interval | SD | Instructions for ±" + f"{half:g} |", "|---|---|---|---|---|"]
         lines += [f"| {p['a']} − {p['b']} | {p['mean_pct']:+.1f} | [{p['low_pct']:+.1f}, {p['high_pct']:+.1f}] | "
-                  f"{_cell(p.get('sd_pct'), 1)} | {p.get('n_to_resolve') or '–'} |"
+                  f"{_cell(p.get('sd_pct'), 1)} | {'–' if p.get('n_to_resolve') is None else p['n_to_resolve']} |"
                   for p in data["paired"]]
     return "\n".join(lines) + "\n"
 

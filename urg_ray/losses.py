@@ -26,8 +26,8 @@ def rank_loss(scores: torch.Tensor, quality: torch.Tensor, candidate_mask: torch
     """Eq. 7: sum over pairs with r_i < r_j of max(0, s_i - s_j + margin), averaged over pairs.
 
     scores, quality: (B, N); candidate_mask: (B, N) bool. A worse candidate i scoring above a
-    better one j is penalised. Ties in quality give no pair, and so do qualities closer than
-    `min_gap` (a judge's 1e-5 against 3e-5 is noise, not an order).
+    better one j is penalised. Ties in quality give no pair, and so do qualities that differ by at
+    most `min_gap` (a judge's 1e-5 against 3e-5 is noise, not an order).
     """
     valid = candidate_mask.unsqueeze(2) & candidate_mask.unsqueeze(1)  # (B, N, N)
     gap = quality.unsqueeze(1) - quality.unsqueeze(2)  # [b, i, j]: r_j - r_i
