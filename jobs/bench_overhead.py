@@ -31,16 +31,21 @@ class ServeLoad:
         self.bench, self.serve_config, self.max_tokens, self.url = serve_benchmark, Path(serve_config), max_tokens, None
         self.urg = dict(urg or {})
 
+    def config(self) -> dict:
+        """serve_config with `urg` overridden: what the app is started with."""
+        import yaml
+
+        config = yaml.safe_load(self.serve_config.read_text())
+        config["applications"][0]["args"].setdefault("urg", {}).update(self.urg)
+        return config
+
     def served_urg(self) -> str:
         """The URG the app serves (its checkpoint, fallback checkpoint or preset, as build_app picks
         it: serve.config.served_urg, then the ranker's fallback preset), for the in-process side."""
-        import yaml
-
         from serve.config import URGArgs, served_urg
         from urg_ray.presets import resolve_urg_source
 
-        args = yaml.safe_load(self.serve_config.read_text())["applications"][0]["args"]
-        urg, _ = served_urg(URGArgs.model_validate({**args.get("urg", {}), **self.urg}))
+        urg, _ = served_urg(URGArgs.model_validate(self.config()["applications"][0]["args"]["urg"]))
         return resolve_urg_source(urg.model, urg.fallback_preset)
 
     def inputs(self, n: int) -> tuple[list[str], list[list[str]]]:
@@ -56,10 +61,8 @@ class ServeLoad:
         if self.url is None:
             import yaml
 
-            config = yaml.safe_load(self.serve_config.read_text())
-            config["applications"][0]["args"]["urg"].update(self.urg)
             with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-                yaml.safe_dump(config, f)
+                yaml.safe_dump(self.config(), f)
                 f.flush()
                 self.url = self.bench._self_host(Path(f.name), canned=True)
         wait_for_quiet(QUIET["max_other_load"] + 0.1, QUIET["max_wait_s"])  # Serve's own idle processes count too
