@@ -63,16 +63,16 @@ class _CachedStemTokenizer:
 
     def __init__(self) -> None:
         from nltk.stem import porter
+        from rouge_score import tokenize
 
+        self._non_alnum, self._spaces, self._valid = tokenize.NON_ALPHANUM_RE, tokenize.SPACES_RE, tokenize.VALID_TOKEN_RE
         self._stem = functools.lru_cache(maxsize=None)(porter.PorterStemmer().stem)
         self._tokens = functools.lru_cache(maxsize=65536)(self._tokenize)
 
     def _tokenize(self, text: str) -> tuple[str, ...]:
-        from rouge_score.tokenize import NON_ALPHANUM_RE, SPACES_RE, VALID_TOKEN_RE
-
-        words = SPACES_RE.split(NON_ALPHANUM_RE.sub(" ", text.lower()))
+        words = self._spaces.split(self._non_alnum.sub(" ", text.lower()))
         stemmed = (self._stem(w) if len(w) > 3 else w for w in words)
-        return tuple(t for t in stemmed if VALID_TOKEN_RE.match(t))
+        return tuple(t for t in stemmed if self._valid.match(t))
 
     def tokenize(self, text: str) -> list[str]:
         return list(self._tokens(text))
