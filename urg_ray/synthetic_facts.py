@@ -4,12 +4,26 @@ file written beside a data set and read back for evaluation bounds, and the fact
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from urg_ray.synthetic import _VERBS, TASKS, TOPICS, Fact, SyntheticConfig, SyntheticExample, _topic_pool, render_reference
+
+
+@functools.lru_cache(maxsize=8)
+def _world_tables(cfg: SyntheticConfig) -> tuple[list[str], dict[str, str], re.Pattern, re.Pattern]:
+    """A world's objects (longest first), verb forms -> verb, and the topic and verb patterns:
+    built once per world, not once per answer read."""
+    world = TOPICS[: cfg.n_topics]
+    objects = sorted({f.rest for t in world for f in _topic_pool(t, cfg)}, key=len, reverse=True)
+    verbs = {Fact("", v, "").third_person().strip(): v for v in _VERBS} | {v: v for v in _VERBS}
+    topic_re = re.compile(r"\b(" + "|".join(world) + r")\b")
+    verb_re = re.compile(r"\b(" + "|".join(sorted(verbs, key=len, reverse=True)) + r") ")
+    return objects, verbs, topic_re, verb_re
 
 
 def stated_facts(text: str, topics: tuple[str, ...], config: SyntheticConfig | None = None) -> tuple[Fact, ...]:
@@ -17,16 +31,11 @@ def stated_facts(text: str, topics: tuple[str, ...], config: SyntheticConfig | N
     person or base form) followed by an object some fact of the world has, about the topic last
     named before it (default ``topics[0]``). A garbled object states no fact; right and wrong
     facts both count (compare with the reference's)."""
-    import re
-
-    cfg = config or SyntheticConfig()
-    world = TOPICS[: cfg.n_topics]
-    objects = sorted({f.rest for t in world for f in _topic_pool(t, cfg)}, key=len, reverse=True)
-    verbs = {Fact("", v, "").third_person().strip(): v for v in _VERBS} | {v: v for v in _VERBS}
+    objects, verbs, topic_re, verb_re = _world_tables(config or SyntheticConfig())
     lowered = text.lower()
-    named = [(m.start(), m.group(1)) for m in re.finditer(r"\b(" + "|".join(world) + r")\b", lowered)]
+    named = [(m.start(), m.group(1)) for m in topic_re.finditer(lowered)]
     facts = []
-    for m in re.finditer(r"\b(" + "|".join(sorted(verbs, key=len, reverse=True)) + r") ", lowered):
+    for m in verb_re.finditer(lowered):
         rest = next((o for o in objects if lowered.startswith(o, m.end())
                      and not lowered[m.end() + len(o): m.end() + len(o) + 1].isalpha()), None)
         if rest is not None:
