@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -72,6 +72,8 @@ class PipelineConfig(_Strict):
     llm_questions: int | None = Field(None, ge=1)  # their training questions (None: LLMTrainConfig's)
     llm_eval_questions: int = Field(ge=1)  # held-out questions their table (llms.md, in the report) measures
     synthetic: dict[str, Any] = Field(default_factory=dict)  # urg_ray.synthetic.SyntheticConfig knobs, everywhere
+    # knobs of one split's questions over `synthetic` (e.g. the topics it asks about)
+    split_synthetic: dict[Literal["train", "dev", "test"], dict[str, Any]] = Field(default_factory=dict)
     generate_config: str  # jobs/generate.py settings with a model_template
     train: URGStage
 
@@ -92,6 +94,21 @@ class PipelineConfig(_Strict):
 
         world_from_knobs(knobs)
         return knobs
+
+    @field_validator("split_synthetic")
+    @classmethod
+    def _split_knobs(cls, splits: dict[str, dict[str, Any]], info) -> dict[str, dict[str, Any]]:
+        from urg_ray.synthetic import world_from_knobs
+
+        for split, knobs in splits.items():
+            try:
+                world_from_knobs({**info.data.get("synthetic", {}), **knobs})
+            except ValueError as err:
+                raise ValueError(f"{split}: {err}") from None
+        return splits
+
+    def split_knobs(self, split: str) -> dict[str, Any]:
+        return {**self.synthetic, **self.split_synthetic.get(split, {})}
 
     @field_validator("generate_config")
     @classmethod
@@ -182,7 +199,7 @@ def stages(cfg: PipelineConfig, d: Path, config_path: str, results: Path) -> lis
     t = cfg.train
     split_files = {s: str(scored / f"{s}.jsonl") for s in SPLITS}
     test_facts = str(scored / "test.facts.jsonl")
-    data_settings = cfg.model_dump_json(include={"seed", "n", "llms", "synthetic"}) + Path(cfg.generate_config).read_text()
+    data_settings = cfg.model_dump_json(include={"seed", "n", "llms", "synthetic", "split_synthetic"}) + Path(cfg.generate_config).read_text()
     return [
         Stage("data", [*me, "_data"], [], [str(data / "prompts.jsonl"), str(data / "test.facts.jsonl"),
                                            str(d / "generate.yaml")], heavy=False, settings=data_settings),
@@ -229,7 +246,7 @@ def make_data(cfg: PipelineConfig, d: Path) -> None:
     prompts = []
     for offset, split in enumerate(SPLITS):
         examples = make_examples(getattr(cfg.n, split), n_candidates=len(cfg.llms), seed=cfg.seed + offset,
-                                 id_prefix=split, **cfg.synthetic)
+                                 id_prefix=split, **cfg.split_knobs(split))
         records = [ex.record for ex in examples]
         write_records(d / "data" / f"{split}.jsonl", records)
         write_facts(d / "data" / f"{split}.facts.jsonl", examples)

@@ -94,6 +94,20 @@ def test_data_step_writes_prompts_and_a_generate_config_per_llm(tmp_path):
     GenerateConfig.model_validate(gen)  # what jobs/generate.py will load
 
 
+def test_each_split_asks_about_its_own_topics(tmp_path):
+    from urg_ray.synthetic import TOPICS
+    from urg_ray.synthetic_facts import read_facts
+
+    cfg = config(n=pipeline.SplitSizes(train=60, dev=20, test=40))
+    pipeline.make_data(cfg, tmp_path)
+    for split in ("train", "dev", "test"):
+        start, stop = cfg.split_synthetic[split]["question_topics"]
+        topics = {t for fact in read_facts(tmp_path / "data" / f"{split}.facts.jsonl").values() for t in fact["topics"]}
+        assert topics <= set(TOPICS[start:stop]), split
+    train_topics = set(TOPICS[slice(*cfg.split_synthetic["train"]["question_topics"])])
+    assert not train_topics & set(TOPICS[slice(*cfg.split_synthetic["test"]["question_topics"])])
+
+
 def test_serve_config_points_at_these_llms_and_this_urg(tmp_path):
     from serve.config import AppArgs
 
@@ -147,6 +161,9 @@ def test_report_compares_urg_with_its_best_member_by_a_paired_bootstrap(tmp_path
     (lambda c: c.update(synthetic={"coverage": 2}), r"synthetic: .*coverage must be in \[0, 1\]"),
     (lambda c: c.update(synthetic={"colour": 1}), r"synthetic: .*unknown SyntheticConfig knobs \['colour'\]"),
     (lambda c: c["train"].pop("config"), r"train.config: Field required"),
+    (lambda c: c.update(split_synthetic={"test": {"question_topics": [39, 40]}}),
+     r"split_synthetic: .*test: .*question_topics must be"),
+    (lambda c: c.update(split_synthetic={"valid": {}}), r"split_synthetic.valid"),
 ])
 def test_a_bad_config_key_is_a_named_error_before_any_stage(tmp_path, capsys, edit, message):
     tree = yaml.safe_load(Path("jobs/configs/pipeline-smoke.yaml").read_text())

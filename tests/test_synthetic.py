@@ -290,3 +290,12 @@ def test_stated_facts_reads_back_the_facts_of_a_text():
     fact = synthetic._topic_pool("kiln", synthetic.SyntheticConfig())[0]
     text = f"Unlike the kiln, the harbor {fact.third_person()}. It {fact.verb} {fact.rest}x. Then zzz."
     assert synthetic_facts.stated_facts(text, ("kiln", "harbor")) == (synthetic.Fact("harbor", fact.verb, fact.rest),)
+
+
+def test_question_topics_limit_what_is_asked_not_the_world():
+    asked = synthetic.make_examples(300, 3, seed=4, score=False, question_names_facts=True, question_topics=[28, 40])
+    assert {t for ex in asked for t in ex.topics} == set(synthetic.TOPICS[28:40])
+    whole = synthetic.SyntheticConfig()  # every reference fact is the default world's fact about its topic
+    assert all(f in synthetic._topic_pool(f.subject, whole) for ex in asked for f in ex.reference_facts)
+    with pytest.raises(ValueError, match=r"question_topics must be \[start, stop\]"):
+        synthetic.SyntheticConfig(question_topics=(39, 40))  # a compare question needs two topics

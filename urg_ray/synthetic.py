@@ -145,11 +145,16 @@ class SyntheticConfig:
     # the question names each reference fact's topic and verb (in order), so it determines the
     # reference; a wrong fact then keeps the asked verb with another fact's object
     question_names_facts: bool = False
+    # questions ask about TOPICS[start:stop] only (None: all n_topics); the world stays whole (every
+    # topic's facts, the wrong facts drawn from it), so splits can ask about topics apart
+    question_topics: tuple[int, int] | None = None
     shuffle_candidates: bool = False  # MixInstruct keeps a fixed model order
     world_seed: int = 0  # the world (fact pools); keep it equal across splits
     metrics: tuple[str, ...] = ("bleu", "rouge1", "rouge2", "rougeL", "rougeLsum")
 
     def __post_init__(self) -> None:
+        if self.question_topics is not None:  # a YAML list; a tuple keeps the config hashable
+            object.__setattr__(self, "question_topics", tuple(self.question_topics))
         rates = ("error_correlation", "drop_share", "wrong_same_topic", "off_topic_rate", "degenerate_rate",
                  "style_strength", "filler_rate", "input_rate", "coverage")
         bad_rates = [r for r in rates if not 0.0 <= getattr(self, r) <= 1.0]
@@ -160,7 +165,10 @@ class SyntheticConfig:
                   (1 <= self.min_facts <= self.max_facts <= self.pool_size <= len(_VERBS),
                    f"need 1 <= min_facts <= max_facts <= pool_size <= {len(_VERBS)}"),
                   (self.error_scale >= 0 and self.max_words >= 5, "need error_scale >= 0 and max_words >= 5"),
-                  (self.coverage > 0, "coverage must be > 0")]
+                  (self.coverage > 0, "coverage must be > 0"),
+                  (self.question_topics is None or (len(self.question_topics) == 2 and 0 <= self.question_topics[0]
+                                                    and self.question_topics[0] + 2 <= self.question_topics[1] <= self.n_topics),
+                   f"question_topics must be [start, stop] with 0 <= start, start + 2 <= stop <= n_topics ({self.n_topics})")]
         problems = [message for ok, message in checks if not ok]
         if problems:
             raise ValueError(f"SyntheticConfig: {'; '.join(problems)}")
@@ -424,11 +432,12 @@ def make_examples(n: int, n_candidates: int = 8, seed: int = 0, config: Syntheti
     prefix = f"synthetic/{seed}" if id_prefix is None else id_prefix
     rng = random.Random(seed)
     pools = {t: _topic_pool(t, cfg) for t in TOPICS[: cfg.n_topics]}
+    asked = list(pools)[slice(*cfg.question_topics)] if cfg.question_topics else list(pools)
     models = list(MODELS[:n_candidates])
     examples = []
     for i in range(n):
         task = rng.choice(cfg.tasks)
-        topics = tuple(rng.sample(list(pools), 2 if task == "compare" else 1))
+        topics = tuple(rng.sample(asked, 2 if task == "compare" else 1))
         if rng.random() < cfg.input_rate:
             instruction, input_text = INSTRUCTIONS_WITH_INPUT[task], " and ".join(topics)
         else:
