@@ -307,6 +307,28 @@ def serve_config(cfg: PipelineConfig, d: Path) -> None:
                                   + yaml.safe_dump(app, sort_keys=False))
 
 
+def fact_sources(texts: dict[str, list[str]], ids: list[str], facts: dict[str, dict], world) -> dict[str, dict]:
+    """Per fused row (texts: row -> [per test record], in `ids` order): the share of the reference's
+    facts it states (`stated_facts` in `world`) and, of those, the share that no candidate states (a
+    fact from the fuser's own memory, not from the candidates); beside them the same share for the
+    best single candidate and for all candidates together (the most a copying fuser can state)."""
+    from urg_ray.synthetic import Fact
+    from urg_ray.synthetic_facts import stated_facts
+
+    found: dict[str, dict] = {}
+    lines = [facts[i] for i in ids]
+    refs = [{Fact(*f) for f in line["reference_facts"]} for line in lines]
+    said = [[{Fact(*f) for f in c} & ref for c in line["candidate_facts"]] for line, ref in zip(lines, refs)]
+    share = lambda hits: round(sum(len(h) / len(r) for h, r in zip(hits, refs)) / len(refs), 4)  # noqa: E731
+    found["best candidate"] = {"stated": share([max(c, key=len, default=set()) for c in said])}
+    found["any candidate"] = {"stated": share([set().union(*c) for c in said])}
+    for name, row in texts.items():
+        right = [set(stated_facts(t, tuple(line["topics"]), world)) & ref for t, line, ref in zip(row, lines, refs)]
+        own = sum(len(h - set().union(*c)) for h, c in zip(right, said))
+        found[name] = {"stated": share(right), "in_no_candidate": round(own / max(1, sum(map(len, right))), 4)}
+    return found
+
+
 def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
     """results/README.md (+ eval.json, llms.md): the test table, URG vs its best member with a
     paired bootstrap interval per metric, and each LLM's answers per task."""
@@ -316,7 +338,8 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
     from urg_ray.evaluation_report import BOUNDS_NOTE
 
     evaluation = json.loads((d / "eval" / "eval.json").read_text())
-    per_record = json.loads((d / "eval" / "eval_records.json").read_text())["rows"]
+    records = json.loads((d / "eval" / "eval_records.json").read_text())
+    per_record = records["rows"]
     metrics = [m for m in evaluation["metrics"] if m != "gpt_rank"]
     rows = {r["name"]: r for r in evaluation["rows"]}
     members = [n for n in cfg.llms if n in per_record and n in rows]  # models that answered every test question
@@ -349,6 +372,19 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
     lines += ["Paired bootstrap (10,000 resamples of the test questions, 95%) of row minus best member:", "",
               "| row | metric | mean difference | 95% interval |", "|---|---|---|---|"]
     lines += [f"| {row} | {m} | {b['mean']:+.4g} | [{b['low']:+.4g}, {b['high']:+.4g}] |" for (row, m), b in margins.items()]
+    if records.get("texts") and (d / "scored" / "test.facts.jsonl").is_file():
+        from urg_ray.synthetic import world_from_knobs
+        from urg_ray.synthetic_facts import read_facts
+
+        sources = fact_sources(records["texts"], records["ids"], read_facts(d / "scored" / "test.facts.jsonl"),
+                               world_from_knobs(cfg.synthetic))
+        lines += ["", "## Where the fused answers' facts come from", "",
+                  "Share of the reference's facts stated (`urg_ray.synthetic_facts.stated_facts`), per test question, "
+                  "averaged; for a fused row, the share of its right facts that no candidate of the question states "
+                  "(from the fuser's memory of its training references, not from the candidates).", "",
+                  "| row | reference facts stated | of them, in no candidate |", "|---|---|---|"]
+        lines += [f"| {name} | {s['stated']:.3f} | " + (f"{s['in_no_candidate']:.3f}" if "in_no_candidate" in s else "")
+                  + " |" for name, s in sources.items()]
     llms = json.loads((d / "llms" / "llms_summary.json").read_text())
     lines += ["", "## The candidate LLMs (jobs/train_llms.py), on held-out synthetic questions", "",
               "Sampled at temperature 1 (the transformers engine of urg_ray.llms); BLEU per task. Full: [llms.md](llms.md).", "",

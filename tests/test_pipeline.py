@@ -182,6 +182,24 @@ def test_every_pipeline_config_validates_and_names_the_facts_of_its_questions():
             assert pipeline.load_pipeline_config(str(path)).synthetic == {"question_names_facts": True}, path
 
 
+def test_fact_sources_count_fused_facts_that_no_candidate_states():
+    from dataclasses import astuple
+
+    from urg_ray.synthetic import TOPICS, SyntheticConfig, _topic_pool, render_reference
+
+    world = SyntheticConfig(question_names_facts=True)
+    a, b = (_topic_pool(t, world) for t in TOPICS[:2])
+    rows = lambda *fs: [list(astuple(f)) for f in fs]  # noqa: E731
+    facts = {"q1": {"topics": [TOPICS[0]], "reference_facts": rows(a[0], a[1]),
+                    "candidate_facts": [rows(a[0]), rows(a[2])]},  # one right fact; one fact not asked
+             "q2": {"topics": [TOPICS[1]], "reference_facts": rows(b[0]), "candidate_facts": [[], []]}}
+    fused = [render_reference("define", (TOPICS[0],), (a[0], a[1])), render_reference("define", (TOPICS[1],), (b[0],))]
+    found = pipeline.fact_sources({"URG": fused}, ["q1", "q2"], facts, world)
+    # q1: both facts right, one of them from a candidate; q2: its one fact in no candidate
+    assert found["URG"] == {"stated": 1.0, "in_no_candidate": round(2 / 3, 4)}
+    assert found["best candidate"] == found["any candidate"] == {"stated": 0.25}  # (1/2 + 0) / 2
+
+
 def test_the_report_with_no_member_row_names_the_file(tmp_path, capsys):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "eval.json").write_text(json.dumps({"n_records": 1, "metrics": ["bleu"], "rows": [

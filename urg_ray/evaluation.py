@@ -84,6 +84,7 @@ class Evaluator:
         self.rows: list[Row] = []
         self.per_record: dict[str, list[dict[str, float]]] = {}  # row name -> [record] -> metrics
         self.rankings: dict[str, list[list[int]]] = {}  # rank row name -> [record] -> candidate order
+        self.fused_texts: dict[str, list[str]] = {}  # fusion row name -> [record] -> its text
         self.robustness: dict[str, dict[str, dict[str, float]]] = {}
         self.paired: list[dict] = []
 
@@ -149,7 +150,9 @@ class Evaluator:
         return row
 
     def add_fusion(self, name: str, texts: Sequence[str]) -> Row:
-        return self._add_row(name, "fusion", self._score(list(texts), [r.output for r in self.records]))
+        row = self._add_row(name, "fusion", self._score(list(texts), [r.output for r in self.records]))
+        self.fused_texts[name] = list(texts)
+        return row
 
     def add_bounds(self, world: Mapping[str, SyntheticExample], top_k: int = 3, rankers: Sequence[str] = (),
                    metric: str = "bleu") -> list[Row]:
@@ -227,9 +230,12 @@ class Evaluator:
                 "rows": [asdict(r) for r in self.rows], "robustness": self.robustness, "paired": self.paired}
 
     def records_json(self) -> dict:
-        """Per-record scores of every row: {"ids": [...], "rows": {name: {metric: [per record]}}}."""
+        """Per-record scores of every row: {"ids": [...], "rows": {name: {metric: [per record]}}}, with
+        each fusion row's texts ("texts": {name: [per record]}) and each ranker's candidate order
+        ("rankings": {name: [per record]})."""
         return {"ids": [r.id for r in self.records],
-                "rows": {name: {m: [x[m] for x in per] for m in self.metric_names} for name, per in self.per_record.items()}}
+                "rows": {name: {m: [x[m] for x in per] for m in self.metric_names} for name, per in self.per_record.items()},
+                "texts": self.fused_texts, "rankings": self.rankings}
 
     def write(self, out_dir: str | Path) -> list[Path]:
         from urg_ray.evaluation_report import write_charts, write_markdown
