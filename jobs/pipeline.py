@@ -5,8 +5,8 @@
     python jobs/pipeline.py --from train                     # redo train and every stage after it
     python jobs/pipeline.py --list                           # the stages and whether each is done
 
-Stages, each a command run in a subprocess (see `stages`): data (synthetic questions with
-references), llms (jobs/train_llms.py), generate (jobs/generate.py: the trained LLMs on vLLM via
+Stages, each a command run in a subprocess (see `stages`): llms (jobs/train_llms.py), data
+(synthetic questions with references; the LLMs read none of them), generate (jobs/generate.py: the trained LLMs on vLLM via
 ray.data.llm), score (jobs/score.py), split (the scored answers into train/dev/test, with the facts
 each answer states beside them), train (jobs/train.py: URG on those candidates), evaluate
 (jobs/evaluate.py --bounds on test), report (the table with a bootstrap interval, into --results),
@@ -201,8 +201,7 @@ def stages(cfg: PipelineConfig, d: Path, config_path: str, results: Path) -> lis
     test_facts = str(scored / "test.facts.jsonl")
     data_settings = cfg.model_dump_json(include={"seed", "n", "llms", "synthetic", "split_synthetic"}) + Path(cfg.generate_config).read_text()
     return [
-        Stage("data", [*me, "_data"], [], [str(data / "prompts.jsonl"), str(data / "test.facts.jsonl"),
-                                           str(d / "generate.yaml")], heavy=False, settings=data_settings),
+        # the LLMs first: they read no split, so new splits (the data stage) keep them
         Stage("llms", [PY, str(JOBS / "train_llms.py"), "--out", str(llms), "--storage-path", str(d / "runs"),
                        "--steps", str(cfg.llm_steps), "--eval-questions", str(cfg.llm_eval_questions),
                        *(["--n-questions", str(cfg.llm_questions)] if cfg.llm_questions else []),
@@ -210,6 +209,8 @@ def stages(cfg: PipelineConfig, d: Path, config_path: str, results: Path) -> lis
                        *[a for n in llm_names for a in ("--llm", n)]],
               [], [str(llms / n / "config.json") for n in llm_names]
               + [str(llms / "llms_summary.json"), str(llms / "llms.md")]),
+        Stage("data", [*me, "_data"], [], [str(data / "prompts.jsonl"), str(data / "test.facts.jsonl"),
+                                           str(d / "generate.yaml")], heavy=False, settings=data_settings),
         Stage("generate", [PY, str(JOBS / "generate.py"), "--config", str(d / "generate.yaml"),
                            "--set", f"prompts={data / 'prompts.jsonl'}", "--out", str(gen)],
               [str(data / "prompts.jsonl"), *[str(llms / n) for n in llm_names]], [str(gen / "candidates.jsonl")]),
