@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -135,6 +136,9 @@ class Stage:
     outputs: list[str] = field(default_factory=list)  # what must exist for it to count as done
     heavy: bool = True  # starts Ray / trains / loads models: run under --wrap (the light steps run bare)
     settings: str = ""  # what it reads from the config beyond its command (a changed value reruns it)
+    # folders it resumes from (checkpoints): removed when it reruns because an earlier stage ran or
+    # --from asked (its inputs changed), kept when it reruns alone (after it failed or was stopped)
+    fresh: list[str] = field(default_factory=list)
 
 
 class StageFailed(RuntimeError):
@@ -171,6 +175,9 @@ def run_stages(stages: list[Stage], stamps: Path, redo_from: str | None = None, 
             print(f"[pipeline] {stage.name}: done, skipped", flush=True)
             continue
         stamp_of(stamps, stage).unlink(missing_ok=True)
+        if ran or forced:
+            for folder in stage.fresh:
+                shutil.rmtree(folder, ignore_errors=True)
         missing = [p for p in stage.inputs if not Path(p).exists()]
         if missing:
             raise StageFailed(f"stage {stage.name}: input {missing[0]} does not exist")
@@ -222,8 +229,9 @@ def stages(cfg: PipelineConfig, d: Path, config_path: str, results: Path) -> lis
         Stage("train", [PY, str(JOBS / "train.py"), "--config", t.config, *[a for kv in t.set for a in ("--set", kv)],
                         "--set", f"data.train_file={split_files['train']}", "--set", f"data.dev_file={split_files['dev']}",
                         "--set", f"data.test_file={split_files['test']}", "--set", "data.synthetic=false",
-                        "--set", f"train.storage_path={d / 'runs'}", "--out", str(d / "train")],
-              [split_files["train"], split_files["dev"]], [str(d / "train" / "model")]),
+                        "--set", f"train.storage_path={d / 'runs' / 'urg'}", "--out", str(d / "train")],
+              [split_files["train"], split_files["dev"]], [str(d / "train" / "model")],
+              fresh=[str(d / "runs" / "urg")]),  # new candidates: the last URG's checkpoints are another run's
         Stage("evaluate", [PY, str(JOBS / "evaluate.py"), "--config", t.config, *[a for kv in t.set for a in ("--set", kv)],
                            "--urg", f"URG={d / 'train' / 'model'}", "--test-file", split_files["test"],
                            "--bounds", "--facts", test_facts, "--out", str(d / "eval")],

@@ -48,6 +48,24 @@ def test_rerun_skips_finished_stages_and_resumes_after_a_failure(tmp_path, capsy
     assert runs(tmp_path) == ["a", "b", "c"]
 
 
+def test_a_stage_rerun_for_new_inputs_starts_without_its_checkpoints(tmp_path):
+    flag = tmp_path / "fail"
+    first, second = stub(tmp_path, "first"), stub(tmp_path, "second", fail_flag=flag)
+    checkpoints = tmp_path / "ckpt"
+    second.fresh = [str(checkpoints)]
+    (checkpoints / "step_5").mkdir(parents=True)
+    flag.touch()
+    with pytest.raises(StageFailed):
+        run_stages([first, second], tmp_path / "stamps")
+    assert not checkpoints.exists()  # first ran, so second's old checkpoints were another run's
+    (checkpoints / "step_5").mkdir(parents=True)  # what the failed run of second left
+    flag.unlink()
+    assert run_stages([first, second], tmp_path / "stamps") == ["second"]
+    assert (checkpoints / "step_5").is_dir()  # second reran alone: it resumes from them
+    assert run_stages([first, second], tmp_path / "stamps", redo_from="first") == ["first", "second"]
+    assert not checkpoints.exists()  # its inputs were made again: another run's checkpoints
+
+
 def test_a_missing_output_or_changed_command_reruns_that_stage_and_all_after_it(tmp_path):
     stages = [stub(tmp_path, "a"), stub(tmp_path, "b"), stub(tmp_path, "c")]
     run_stages(stages, tmp_path / "stamps")
