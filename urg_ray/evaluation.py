@@ -231,11 +231,10 @@ class Evaluator:
 
     def records_json(self) -> dict:
         """Per-record scores of every row: {"ids": [...], "rows": {name: {metric: [per record]}}}, with
-        each fusion row's texts ("texts": {name: [per record]}) and each ranker's candidate order
-        ("rankings": {name: [per record]})."""
+        each fusion row's texts ("texts": {name: [per record]})."""
         return {"ids": [r.id for r in self.records],
                 "rows": {name: {m: [x[m] for x in per] for m in self.metric_names} for name, per in self.per_record.items()},
-                "texts": self.fused_texts, "rankings": self.rankings}
+                "texts": self.fused_texts}
 
     def write(self, out_dir: str | Path) -> list[Path]:
         from urg_ray.evaluation_report import write_charts, write_markdown
