@@ -6,11 +6,11 @@
     python jobs/pipeline.py --list                           # the stages and whether each is done
 
 Stages, each a command run in a subprocess (see `stages`): llms (jobs/train_llms.py), data
-(synthetic questions with references; the LLMs read none of them), generate (jobs/generate.py:
-the trained LLMs on vLLM via ray.data.llm), score (jobs/score.py), split (the scored answers into train/dev/test, with the facts
-each answer states beside them), train (jobs/train.py: URG on those candidates), evaluate
-(jobs/evaluate.py --bounds on test), report (the table with a bootstrap interval, into --results),
-serve-config (DIR/serve.yaml for `serve run`).
+(synthetic questions with references; the LLMs read none of them), generate (jobs/generate.py: the
+trained LLMs on vLLM via ray.data.llm), score (jobs/score.py), split (the scored answers into
+train/dev/test, with the facts each answer states beside them), train (jobs/train.py: URG on those
+candidates), evaluate (jobs/evaluate.py --bounds on test), report (the table with a bootstrap
+interval, into --results), serve-config (DIR/serve.yaml for `serve run`).
 
 The config (jobs/configs/pipeline.yaml) is a `PipelineConfig`: a missing, unknown or bad key
 stops the run before any stage, naming the key and the file.
