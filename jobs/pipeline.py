@@ -102,6 +102,9 @@ class PipelineConfig(_Strict):
         from urg_ray.synthetic import world_from_knobs
 
         for split, knobs in splits.items():
+            world = sorted(set(knobs) & {"world_seed", "n_topics", "pool_size"})
+            if world:  # the LLMs, the split stage and the report read the world of `synthetic`
+                raise ValueError(f"{split}: {world[0]} changes the world; set it in `synthetic`, for every split")
             try:
                 world_from_knobs({**info.data.get("synthetic", {}), **knobs})
             except ValueError as err:
@@ -136,8 +139,8 @@ class Stage:
     outputs: list[str] = field(default_factory=list)  # what must exist for it to count as done
     heavy: bool = True  # starts Ray / trains / loads models: run under --wrap (the light steps run bare)
     settings: str = ""  # what it reads from the config beyond its command (a changed value reruns it)
-    # folders it resumes from (checkpoints): removed when it reruns because an earlier stage ran or
-    # --from asked (its inputs changed), kept when it reruns alone (after it failed or was stopped)
+    # folders it resumes from (checkpoints): kept when it reruns on the same input files (after it
+    # failed or was stopped), removed when they were made again since it started, or with --from
     fresh: list[str] = field(default_factory=list)
 
 
@@ -161,6 +164,18 @@ def is_done(stamps: Path, stage: Stage) -> bool:
     return same and all(Path(p).exists() for p in stage.outputs)
 
 
+def start_fresh_if_new_inputs(stage: Stage, stamps: Path, forced: bool) -> None:
+    """Remove `stage.fresh` (its checkpoints) unless they were made from these very input files
+    (same size and mtime as when the stage last started) and --from did not ask for it."""
+    marker = stamps / f"{stage.name}.inputs.json"
+    now = {p: [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in stage.inputs if Path(p).is_file()}
+    before = json.loads(marker.read_text()) if marker.is_file() else None
+    if forced or before != now:
+        for folder in stage.fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+    marker.write_text(json.dumps(now))
+
+
 def run_stages(stages: list[Stage], stamps: Path, redo_from: str | None = None, wrap: list[str] = ()) -> list[str]:
     """Run the stages in order, skipping the done ones (until one runs: then all after it run),
     each command prefixed by `wrap` (e.g. flock LOCKFILE; not part of the stamp). Returns the names of the stages that ran; raises StageFailed naming the stage and its inputs."""
@@ -175,12 +190,11 @@ def run_stages(stages: list[Stage], stamps: Path, redo_from: str | None = None, 
             print(f"[pipeline] {stage.name}: done, skipped", flush=True)
             continue
         stamp_of(stamps, stage).unlink(missing_ok=True)
-        if ran or forced:
-            for folder in stage.fresh:
-                shutil.rmtree(folder, ignore_errors=True)
         missing = [p for p in stage.inputs if not Path(p).exists()]
         if missing:
             raise StageFailed(f"stage {stage.name}: input {missing[0]} does not exist")
+        if stage.fresh:
+            start_fresh_if_new_inputs(stage, stamps, forced)
         print(f"[pipeline] {stage.name}: {shlex.join(stage.command)}", flush=True)
         started = time.time()
         rc = subprocess.call([*wrap, *stage.command] if stage.heavy else stage.command)
@@ -319,16 +333,21 @@ def serve_config(cfg: PipelineConfig, d: Path) -> None:
 def fact_sources(texts: dict[str, list[str]], ids: list[str], facts: dict[str, dict], world) -> dict[str, dict]:
     """Per fused row (texts: row -> [per test record], in `ids` order): the share of the reference's
     facts it states (`stated_facts` in `world`) and, of those, the share that no candidate states (a
-    fact from the fuser's own memory, not from the candidates); beside them the same share for the
-    best single candidate and for all candidates together (the most a copying fuser can state)."""
+    fact the fuser remembers, or one it put together from a candidate's object and the question's
+    verb); beside them the same share for the best single candidate and for all candidates together
+    (the most a fuser copying whole facts can state)."""
     from urg_ray.synthetic import Fact
     from urg_ray.synthetic_facts import stated_facts
 
     found: dict[str, dict] = {}
+    absent = [i for i in ids if i not in facts]
+    if absent or any(len(row) != len(ids) for row in texts.values()):
+        raise ValueError(f"no facts for test record {absent[0]!r}" if absent else
+                         f"{len(ids)} test records but fused rows of {sorted({len(r) for r in texts.values()})}")
     lines = [facts[i] for i in ids]
     refs = [{Fact(*f) for f in line["reference_facts"]} for line in lines]
     said = [[{Fact(*f) for f in c} & ref for c in line["candidate_facts"]] for line, ref in zip(lines, refs)]
-    share = lambda hits: round(sum(len(h) / len(r) for h, r in zip(hits, refs)) / len(refs), 4)  # noqa: E731
+    share = lambda hits: round(sum(len(h) / max(1, len(r)) for h, r in zip(hits, refs)) / max(1, len(refs)), 4)  # noqa: E731
     found["best candidate"] = {"stated": share([max(c, key=len, default=set()) for c in said])}
     found["any candidate"] = {"stated": share([set().union(*c) for c in said])}
     for name, row in texts.items():
@@ -385,12 +404,16 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
         from urg_ray.synthetic import world_from_knobs
         from urg_ray.synthetic_facts import read_facts
 
-        sources = fact_sources(records["texts"], records["ids"], read_facts(d / "scored" / "test.facts.jsonl"),
-                               world_from_knobs(cfg.synthetic))
+        facts_file = d / "scored" / "test.facts.jsonl"
+        try:
+            sources = fact_sources(records["texts"], records["ids"], read_facts(facts_file), world_from_knobs(cfg.synthetic))
+        except ValueError as err:
+            raise ReportError(f"{facts_file} and {d / 'eval' / 'eval_records.json'}: {err}") from None
         lines += ["", "## Where the fused answers' facts come from", "",
                   "Share of the reference's facts stated (`urg_ray.synthetic_facts.stated_facts`), per test question, "
                   "averaged; for a fused row, the share of its right facts that no candidate of the question states "
-                  "(from the fuser's memory of its training references, not from the candidates).", "",
+                  "(at most what the fuser remembers of its training references: some it may have put together from "
+                  "a candidate's object and the question's verb).", "",
                   "| row | reference facts stated | of them, in no candidate |", "|---|---|---|"]
         lines += [f"| {name} | {s['stated']:.3f} | " + (f"{s['in_no_candidate']:.3f}" if "in_no_candidate" in s else "")
                   + " |" for name, s in sources.items()]

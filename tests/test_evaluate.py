@@ -276,7 +276,7 @@ def test_paired_rows_and_per_record_scores_in_the_output(tmp_path):
     saved = json.loads((tmp_path / "eval_records.json").read_text())
     assert saved["ids"] == ["r0", "r1", "r2"]
     assert saved["rows"]["F"]["bleu"] == [x["bleu"] for x in ev.per_record["F"]]
-    assert saved["texts"] == {"F": [REF, "the cat sat on a mat", REF]}  # what a transcript shows
+    assert saved["texts"] == {"F": [REF, "the cat sat on a mat", REF]}  # the fused answers themselves
     assert "| F − m1 | BLEU |" in (tmp_path / "eval.md").read_text()
     with pytest.raises(ValueError, match="already in the table"):
         ev.add_fusion("F", [REF] * 3)

@@ -51,19 +51,29 @@ def test_rerun_skips_finished_stages_and_resumes_after_a_failure(tmp_path, capsy
 def test_a_stage_rerun_for_new_inputs_starts_without_its_checkpoints(tmp_path):
     flag = tmp_path / "fail"
     first, second = stub(tmp_path, "first"), stub(tmp_path, "second", fail_flag=flag)
+    second.inputs = [first.outputs[0]]
     checkpoints = tmp_path / "ckpt"
     second.fresh = [str(checkpoints)]
-    (checkpoints / "step_5").mkdir(parents=True)
+    (checkpoints / "step_5").mkdir(parents=True)  # an older run's
     flag.touch()
     with pytest.raises(StageFailed):
         run_stages([first, second], tmp_path / "stamps")
-    assert not checkpoints.exists()  # first ran, so second's old checkpoints were another run's
+    assert not checkpoints.exists()  # first made second's input anew: the checkpoints were another run's
     (checkpoints / "step_5").mkdir(parents=True)  # what the failed run of second left
     flag.unlink()
     assert run_stages([first, second], tmp_path / "stamps") == ["second"]
-    assert (checkpoints / "step_5").is_dir()  # second reran alone: it resumes from them
-    assert run_stages([first, second], tmp_path / "stamps", redo_from="first") == ["first", "second"]
-    assert not checkpoints.exists()  # its inputs were made again: another run's checkpoints
+    assert (checkpoints / "step_5").is_dir()  # the same input: it resumes from them
+    flag.touch()
+    (checkpoints / "step_9").mkdir()
+    Path(first.outputs[0]).write_text("yy")  # made anew outside this invocation (a run stopped before second)
+    (tmp_path / "stamps" / "second.json").unlink()
+    with pytest.raises(StageFailed):
+        run_stages([first, second], tmp_path / "stamps")
+    assert not checkpoints.exists()
+    flag.unlink()
+    (checkpoints / "step_5").mkdir(parents=True)
+    assert run_stages([first, second], tmp_path / "stamps", redo_from="second") == ["second"]
+    assert not checkpoints.exists()  # --from asked for a fresh start
 
 
 def test_a_missing_output_or_changed_command_reruns_that_stage_and_all_after_it(tmp_path):
@@ -97,6 +107,8 @@ def test_the_real_stages_chain_outputs_to_inputs(tmp_path):
     for s in plan:  # every input is the output of an earlier stage (or a folder holding one)
         assert all(any(p == o or o.startswith(p + "/") for o in made) for p in s.inputs), s.name
         made |= set(s.outputs)
+    (train,) = [s for s in plan if s.name == "train"]  # its checkpoints are the folder start_fresh removes
+    assert [f"train.storage_path={f}" for f in train.fresh] == [a for a in train.command if a.startswith("train.storage_path=")]
 
 
 def test_data_step_writes_prompts_and_a_generate_config_per_llm(tmp_path):
@@ -183,6 +195,7 @@ def test_report_compares_urg_with_its_best_member_by_a_paired_bootstrap(tmp_path
     (lambda c: c.update(split_synthetic={"test": {"question_topics": [39, 40]}}),
      r"split_synthetic: .*test: .*question_topics must be"),
     (lambda c: c.update(split_synthetic={"valid": {}}), r"split_synthetic.valid"),
+    (lambda c: c.update(split_synthetic={"test": {"pool_size": 12}}), r"split_synthetic: .*test: pool_size changes the world"),
 ])
 def test_a_bad_config_key_is_a_named_error_before_any_stage(tmp_path, capsys, edit, message):
     tree = yaml.safe_load(Path("jobs/configs/pipeline-smoke.yaml").read_text())
@@ -217,6 +230,8 @@ def test_fact_sources_count_fused_facts_that_no_candidate_states():
     # q1: both facts right, one of them from a candidate; q2: its one fact in no candidate
     assert found["URG"] == {"stated": 1.0, "in_no_candidate": round(2 / 3, 4)}
     assert found["best candidate"] == found["any candidate"] == {"stated": 0.25}  # (1/2 + 0) / 2
+    with pytest.raises(ValueError, match="no facts for test record 'q3'"):
+        pipeline.fact_sources({"URG": fused + ["x"]}, ["q1", "q2", "q3"], facts, world)
 
 
 def test_the_report_with_no_member_row_names_the_file(tmp_path, capsys):
