@@ -12,6 +12,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 import pipeline  # noqa: E402
+import pipeline_report  # noqa: E402
 from pipeline import PipelineConfig, Stage, StageFailed, run_stages  # noqa: E402
 
 
@@ -226,12 +227,12 @@ def test_fact_sources_count_fused_facts_that_no_candidate_states():
                     "candidate_facts": [rows(a[0]), rows(a[2])]},  # one right fact; one fact not asked
              "q2": {"topics": [TOPICS[1]], "reference_facts": rows(b[0]), "candidate_facts": [[], []]}}
     fused = [render_reference("define", (TOPICS[0],), (a[0], a[1])), render_reference("define", (TOPICS[1],), (b[0],))]
-    found = pipeline.fact_sources({"URG": fused}, ["q1", "q2"], facts, world)
+    found = pipeline_report.fact_sources({"URG": fused}, ["q1", "q2"], facts, world)
     # q1: both facts right, one of them from a candidate; q2: its one fact in no candidate
     assert found["URG"] == {"stated": 1.0, "in_no_candidate": round(2 / 3, 4)}
     assert found["best candidate"] == found["any candidate"] == {"stated": 0.25}  # (1/2 + 0) / 2
     with pytest.raises(ValueError, match="no facts for test record 'q3'"):
-        pipeline.fact_sources({"URG": fused + ["x"]}, ["q1", "q2", "q3"], facts, world)
+        pipeline_report.fact_sources({"URG": fused + ["x"]}, ["q1", "q2", "q3"], facts, world)
 
 
 def test_the_report_with_no_member_row_names_the_file(tmp_path, capsys):

@@ -1,0 +1,114 @@
+"""The pipeline's report stage (jobs/pipeline.py `_report`): the test table, URG against its best
+member with a paired bootstrap interval, where the fused answers' facts come from, and each LLM's
+answers per task, written to the results folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline import PipelineConfig
+
+
+class ReportError(RuntimeError):
+    pass
+
+
+def fact_sources(texts: dict[str, list[str]], ids: list[str], facts: dict[str, dict], world) -> dict[str, dict]:
+    """Per fused row (texts: row -> [per test record], in `ids` order): the share of the reference's
+    facts it states (`stated_facts` in `world`) and, of those, the share that no candidate states (a
+    fact the fuser remembers, or one it put together from a candidate's object and the question's
+    verb); beside them the same share for the best single candidate and for all candidates together
+    (the most a fuser copying whole facts can state)."""
+    from urg_ray.synthetic import Fact
+    from urg_ray.synthetic_facts import stated_facts
+
+    found: dict[str, dict] = {}
+    absent = [i for i in ids if i not in facts]
+    if absent or any(len(row) != len(ids) for row in texts.values()):
+        raise ValueError(f"no facts for test record {absent[0]!r}" if absent else
+                         f"{len(ids)} test records but fused rows of {sorted({len(r) for r in texts.values()})}")
+    lines = [facts[i] for i in ids]
+    refs = [{Fact(*f) for f in line["reference_facts"]} for line in lines]
+    said = [[{Fact(*f) for f in c} & ref for c in line["candidate_facts"]] for line, ref in zip(lines, refs)]
+    share = lambda hits: round(sum(len(h) / max(1, len(r)) for h, r in zip(hits, refs)) / max(1, len(refs)), 4)  # noqa: E731
+    found["best candidate"] = {"stated": share([max(c, key=len, default=set()) for c in said])}
+    found["any candidate"] = {"stated": share([set().union(*c) for c in said])}
+    for name, row in texts.items():
+        right = [set(stated_facts(t, tuple(line["topics"]), world)) & ref for t, line, ref in zip(row, lines, refs)]
+        own = sum(len(h - set().union(*c)) for h, c in zip(right, said))
+        found[name] = {"stated": share(right), "in_no_candidate": round(own / max(1, sum(map(len, right))), 4)}
+    return found
+
+
+def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
+    """results/README.md (+ eval.json, llms.md): the test table, URG vs its best member with a
+    paired bootstrap interval per metric, and each LLM's answers per task."""
+    import shutil
+
+    from urg_ray.evaluation import paired_bootstrap
+    from urg_ray.evaluation_report import BOUNDS_NOTE
+
+    evaluation = json.loads((d / "eval" / "eval.json").read_text())
+    records = json.loads((d / "eval" / "eval_records.json").read_text())
+    per_record = records["rows"]
+    metrics = [m for m in evaluation["metrics"] if m != "gpt_rank"]
+    rows = {r["name"]: r for r in evaluation["rows"]}
+    members = [n for n in cfg.llms if n in per_record and n in rows]  # models that answered every test question
+    if not members:
+        raise ReportError(f"{d / 'eval' / 'eval.json'}: none of the LLMs {cfg.llms} has a row (every test record "
+                          f"lacks one of their answers?); rows: {sorted(rows)}")
+    best = max(members, key=lambda n: rows[n]["scores"]["bleu"])
+    results.mkdir(parents=True, exist_ok=True)
+    for name in ("eval.json", "eval.md"):
+        shutil.copy(d / "eval" / name, results / name)
+    for name in ("llms.md", "llms_summary.json"):
+        shutil.copy(d / "llms" / name, results / name)
+    lines = [f"# The closed loop: {', '.join(members)} -> vLLM -> URG (jobs/pipeline.py)", "",
+             f"{evaluation['n_records']} held-out test questions; candidates sampled by the trained tiny LLMs on "
+             "vLLM (ray.data.llm), URG trained on their scored train-split answers. Full table: [eval.md](eval.md).", "",
+             "| row | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    shown = [n for n, r in rows.items() if r["kind"] != "oracle" or n == "Oracle (bleu)"]  # the rest: eval.md
+    lines += [f"| {name} | " + " | ".join(f"{rows[name]['scores'][m]:.4g}" for m in metrics) + " |" for name in shown]
+    lines += ["", BOUNDS_NOTE + " Here the facts are those each generated answer states "
+              "(urg_ray.synthetic_facts.stated_facts; a garbled fact counts as none).", ""]
+    ensemble = [n for n in rows if rows[n]["kind"] in ("rank", "fusion") and n in per_record]
+    margins = {(row, m): paired_bootstrap(per_record[row][m], per_record[best][m])
+               for row in ensemble for m in metrics if m in per_record[row] and m in per_record[best]}
+    lines += [f"## Does the ensemble beat its best member ({best}, by test BLEU)?", ""]
+    if ("URG", "bleu") in margins:
+        b = margins["URG", "bleu"]
+        verdict = ("yes" if b["low"] > 0 else "no, it is worse" if b["high"] < 0 else "no: the interval includes 0")
+        lines += [f"URG fusion minus {best}: {b['mean']:+.2f} BLEU, 95% interval [{b['low']:+.2f}, {b['high']:+.2f}] "
+                  f"({verdict}).", ""]
+    lines += ["Paired bootstrap (10,000 resamples of the test questions, 95%) of row minus best member:", "",
+              "| row | metric | mean difference | 95% interval |", "|---|---|---|---|"]
+    lines += [f"| {row} | {m} | {b['mean']:+.4g} | [{b['low']:+.4g}, {b['high']:+.4g}] |" for (row, m), b in margins.items()]
+    if records.get("texts") and (d / "scored" / "test.facts.jsonl").is_file():
+        from urg_ray.synthetic import world_from_knobs
+        from urg_ray.synthetic_facts import read_facts
+
+        facts_file = d / "scored" / "test.facts.jsonl"
+        try:
+            sources = fact_sources(records["texts"], records["ids"], read_facts(facts_file), world_from_knobs(cfg.synthetic))
+        except ValueError as err:
+            raise ReportError(f"{facts_file} and {d / 'eval' / 'eval_records.json'}: {err}") from None
+        lines += ["", "## Where the fused answers' facts come from", "",
+                  "Share of the reference's facts stated (`urg_ray.synthetic_facts.stated_facts`), per test question, "
+                  "averaged; for a fused row, the share of its right facts that no candidate of the question states "
+                  "(at most what the fuser remembers of its training references: some it may have put together from "
+                  "a candidate's object and the question's verb).", "",
+                  "| row | reference facts stated | of them, in no candidate |", "|---|---|---|"]
+        lines += [f"| {name} | {s['stated']:.3f} | " + (f"{s['in_no_candidate']:.3f}" if "in_no_candidate" in s else "")
+                  + " |" for name, s in sources.items()]
+    llms = json.loads((d / "llms" / "llms_summary.json").read_text())
+    lines += ["", "## The candidate LLMs (jobs/train_llms.py), on held-out synthetic questions", "",
+              "Sampled at temperature 1 (the transformers engine of urg_ray.llms); BLEU per task. Full: [llms.md](llms.md).", "",
+              (d / "llms" / "llms.md").read_text(), "", "Training: " + json.dumps(llms.get("config", {})), ""]
+    if (results / "notes.md").is_file():
+        lines += ["Notes on what the LLMs and this run show: [notes.md](notes.md).", ""]
+    stamps = {p.stem: json.loads(p.read_text()).get("wall_s") for p in sorted((d / "stamps").glob("*.json"))}
+    lines += ["Wall time per stage (s, the stamps of the last invocation: a stage kept from an earlier run shows its rerun): " + json.dumps(stamps), ""]
+    (results / "README.md").write_text("\n".join(lines))
