@@ -30,6 +30,36 @@ def test_reads_the_public_mixinstruct_record_as_is(tmp_path):
     assert records[0].question == "What is a skeptic?"
 
 
+# (instruction, input) -> the question every entry point must produce, written out by hand
+QUESTIONS = [
+    ("", "What is a skeptic?", "What is a skeptic?"),
+    ("Name a colour.", "", "Name a colour."),
+    ("Translate to French:", "good morning", "Translate to French:\ngood morning"),
+    ("", "", ""),
+    ("Answer:", " ", "Answer:\n "),  # a blank input is not empty: it is kept
+    ("Sum up.\u2028Be brief.", "one\u2029two\u0085three", "Sum up.\u2028Be brief.\none\u2029two\u0085three"),
+]
+
+
+def test_every_entry_point_joins_the_question_the_same_way(monkeypatch):
+    import urg_ray.synthetic
+    from urg_ray.benchmarking import make_inputs
+    from urg_ray.data import join_question
+    from urg_ray.generate import Prompt
+    from urg_ray.train_llms import question_of
+
+    rows = [{"id": str(i), "instruction": ins, "input": inp, "output": "", "candidates": [{"model": "m", "text": "a"}]}
+            for i, (ins, inp, _) in enumerate(QUESTIONS)]
+    monkeypatch.setattr(urg_ray.synthetic, "make_dataset", lambda *args, **kwargs: rows)
+    benchmark_questions, _ = make_inputs(len(rows), 1, seed=0)
+    for row, (ins, inp, expected), benchmark_question in zip(rows, QUESTIONS, benchmark_questions):
+        assert join_question(ins, inp) == expected
+        assert Record.model_validate(row).question == expected
+        assert Prompt(row["id"], ins, inp).question == expected
+        assert question_of(row) == expected
+        assert benchmark_question == expected
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])
 def test_write_then_read_round_trips_with_varying_n(tmp_path, suffix):
     records = [make_record(0, n=2), make_record(1, n=5)]

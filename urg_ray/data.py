@@ -50,6 +50,15 @@ class Candidate(BaseModel):
     scores: dict[str, float] = Field(default_factory=dict)
 
 
+def join_question(instruction: str, input: str) -> str:
+    """x in the paper: the instruction and the input joined by a newline, an empty one left out.
+
+    The one rule for the question text: records, generation prompts, the candidate LLMs' training
+    questions and the benchmark inputs all use it, so a model sees the same text everywhere.
+    """
+    return "\n".join(part for part in (instruction, input) if part)
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -73,8 +82,8 @@ class Record(BaseModel):
 
     @property
     def question(self) -> str:
-        """x in the paper: instruction and input joined."""
-        return "\n".join(part for part in (self.instruction, self.input) if part)
+        """x in the paper: instruction and input joined (`join_question`)."""
+        return join_question(self.instruction, self.input)
 
 
 def _validate(obj: Any, where: str) -> Record:
