@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from urg_ray.data import Collator, DataError, Record, quality, read_records, write_records
+from urg_ray.data import Collator, DataError, Record, as_records, quality, quality_matrix, read_records, write_records
 from urg_ray.presets import tiny_tokenizer
 
 from conftest import make_record
@@ -121,6 +121,13 @@ def test_quality_prefers_bartscore_then_the_configured_fallbacks():
     assert quality(record, ["bleurt", "rouge1"]) == ("rouge1", [0.28, 0.1])
     with pytest.raises(DataError, match=r"none of \['bleurt'\].*found: \['bartscore', 'bertscore', 'bleu'"):
         quality(record, ["bleurt"])
+
+
+def test_quality_matrix_pads_each_record_with_minus_inf():
+    rows = [make_record(0, n=2).model_dump(), make_record(1, n=3)]  # a dict row and a Record
+    records = as_records(rows)
+    assert records[0] == make_record(0, n=2) and records[1] is rows[1]
+    assert quality_matrix(records).tolist() == [[0.0, 10.0, float("-inf")], [0.0, 10.0, 20.0]]
 
 
 def test_collator_builds_question_response_pairs_and_labels():
