@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from urg_ray.data import Collator, DataError, Record, quality, read_records, write_records
+from urg_ray.data import Collator, DataError, Record, as_records, quality, quality_matrix, read_records, write_records
 from urg_ray.presets import tiny_tokenizer
 
 from conftest import make_record
@@ -28,6 +28,36 @@ def test_reads_the_public_mixinstruct_record_as_is(tmp_path):
     assert records[0].candidates[1].model == "koala-7B-HF"
     assert json.loads(records[0].cmp_results) == {"oasst-sft-4-pythia-12b-epoch-3.5,koala-7B-HF": "A is better"}
     assert records[0].question == "What is a skeptic?"
+
+
+# (instruction, input) -> the question every entry point must produce, written out by hand
+QUESTIONS = [
+    ("", "What is a skeptic?", "What is a skeptic?"),
+    ("Name a colour.", "", "Name a colour."),
+    ("Translate to French:", "good morning", "Translate to French:\ngood morning"),
+    ("", "", ""),
+    ("Answer:", " ", "Answer:\n "),  # a blank input is not empty: it is kept
+    ("Sum up.\u2028Be brief.", "one\u2029two\u0085three", "Sum up.\u2028Be brief.\none\u2029two\u0085three"),
+]
+
+
+def test_every_entry_point_joins_the_question_the_same_way(monkeypatch):
+    import urg_ray.synthetic
+    from urg_ray.benchmarking import make_inputs
+    from urg_ray.data import join_question
+    from urg_ray.generate import Prompt
+    from urg_ray.train_llms import question_of
+
+    rows = [{"id": str(i), "instruction": ins, "input": inp, "output": "", "candidates": [{"model": "m", "text": "a"}]}
+            for i, (ins, inp, _) in enumerate(QUESTIONS)]
+    monkeypatch.setattr(urg_ray.synthetic, "make_dataset", lambda *args, **kwargs: rows)
+    benchmark_questions, _ = make_inputs(len(rows), 1, seed=0)
+    for row, (ins, inp, expected), benchmark_question in zip(rows, QUESTIONS, benchmark_questions):
+        assert join_question(ins, inp) == expected
+        assert Record.model_validate(row).question == expected
+        assert Prompt(row["id"], ins, inp).question == expected
+        assert question_of(row) == expected
+        assert benchmark_question == expected
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])
@@ -91,6 +121,13 @@ def test_quality_prefers_bartscore_then_the_configured_fallbacks():
     assert quality(record, ["bleurt", "rouge1"]) == ("rouge1", [0.28, 0.1])
     with pytest.raises(DataError, match=r"none of \['bleurt'\].*found: \['bartscore', 'bertscore', 'bleu'"):
         quality(record, ["bleurt"])
+
+
+def test_quality_matrix_pads_each_record_with_minus_inf():
+    rows = [make_record(0, n=2).model_dump(), make_record(1, n=3)]  # a dict row and a Record
+    records = as_records(rows)
+    assert records[0] == make_record(0, n=2) and records[1] is rows[1]
+    assert quality_matrix(records).tolist() == [[0.0, 10.0, float("-inf")], [0.0, 10.0, 20.0]]
 
 
 def test_collator_builds_question_response_pairs_and_labels():

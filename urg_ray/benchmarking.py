@@ -18,12 +18,13 @@ from typing import Callable
 def make_inputs(batch_size: int, n: int, seed: int) -> tuple[list[str], list[list[str]]]:
     """B synthetic MixInstruct questions with N candidates each. The generator has 12 models, so
     for N > 12 a question also gets candidates of other questions (real-looking text all the same)."""
+    from urg_ray.data import join_question
     from urg_ray.synthetic import make_dataset
 
     records = make_dataset(batch_size, n_candidates=12, seed=seed)
     extra = [c["text"] for r in make_dataset(max(1, math.ceil(batch_size * max(0, n - 12) / 12)), 12, seed=seed + 1)
              for c in r["candidates"]]
-    questions = ["\n".join(p for p in (r["instruction"], r["input"]) if p) for r in records]
+    questions = [join_question(r["instruction"], r["input"]) for r in records]
     candidates = []
     for b, r in enumerate(records):
         own = [c["text"] for c in r["candidates"]]

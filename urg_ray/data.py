@@ -50,6 +50,15 @@ class Candidate(BaseModel):
     scores: dict[str, float] = Field(default_factory=dict)
 
 
+def join_question(instruction: str, input: str) -> str:
+    """x in the paper: the instruction and the input joined by a newline, an empty one left out.
+
+    The one rule for the question text: records, generation prompts, the candidate LLMs' training
+    questions and the benchmark inputs all use it, so a model sees the same text everywhere.
+    """
+    return "\n".join(part for part in (instruction, input) if part)
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -73,8 +82,8 @@ class Record(BaseModel):
 
     @property
     def question(self) -> str:
-        """x in the paper: instruction and input joined."""
-        return "\n".join(part for part in (self.instruction, self.input) if part)
+        """x in the paper: instruction and input joined (`join_question`)."""
+        return join_question(self.instruction, self.input)
 
 
 def _validate(obj: Any, where: str) -> Record:
@@ -319,6 +328,20 @@ def quality(record: Record, score_keys: Sequence[str] = ("bartscore", "bleu")) -
     )
 
 
+def quality_matrix(records: Sequence[Record], score_keys: Sequence[str] = ("bartscore", "bleu")) -> torch.Tensor:
+    """`quality` of every record's candidates, (B, N_max); -inf past a record's own N."""
+    qualities = [quality(r, score_keys)[1] for r in records]
+    matrix = torch.full((len(records), max(map(len, qualities))), float("-inf"))
+    for b, q in enumerate(qualities):
+        matrix[b, : len(q)] = torch.tensor(q)
+    return matrix
+
+
+def as_records(rows: Iterable[Record | dict]) -> list[Record]:
+    """Rows as `Record`s (dicts are validated; records pass through as they are)."""
+    return [r if isinstance(r, Record) else Record.model_validate(r) for r in rows]
+
+
 def check_candidate_lists(questions: Sequence[str], candidates: Sequence[Sequence[str]]) -> None:
     """ValueError unless every question has its own non-empty list of candidate strings."""
     if len(questions) != len(candidates):
@@ -402,11 +425,8 @@ class Collator:
 
     def __call__(self, records: Sequence[Record | dict]) -> Batch:
         """Collate training/evaluation records: pairs, reference labels and ground-truth quality."""
-        records = [r if isinstance(r, Record) else Record.model_validate(r) for r in records]
+        records = as_records(records)
         batch = self.encode_pairs([r.question for r in records], [[c.text for c in r.candidates] for r in records])
         batch.labels = self.encode_targets([r.output for r in records])
-        batch.quality = torch.full(batch.candidate_mask.shape, float("-inf"))
-        for b, r in enumerate(records):
-            _, scores = quality(r, self.score_keys)
-            batch.quality[b, : len(scores)] = torch.tensor(scores)
+        batch.quality = quality_matrix(records, self.score_keys)  # (B, N_max), as candidate_mask
         return batch

@@ -44,7 +44,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from urg_ray.data import (ERROR_FIELD, Candidate, DataError, Record, drop_failed, is_failed, iter_json,  # noqa: F401
-                          read_records, write_records)
+                          join_question, read_records, write_records)
 from urg_ray.durable import Journal, Locked, atomic_write, exclusive_lock  # noqa: F401 - Locked re-exported
 from urg_ray.generate_config import GenerateConfig
 from urg_ray.generate_engines import GenerationActor, check_engines, generation_stage  # noqa: F401 - re-exported
@@ -65,7 +65,7 @@ class Prompt:
 
     @property
     def question(self) -> str:
-        return "\n".join(part for part in (self.instruction, self.input) if part)
+        return join_question(self.instruction, self.input)
 
     def text(self, template: str) -> str:
         return template.format(question=self.question, instruction=self.instruction, input=self.input)

@@ -72,7 +72,9 @@ class LLMTrainConfig:
 
 def question_of(record: dict[str, Any]) -> str:
     """The question as `jobs/generate.py` sends it (`urg_ray.generate.Prompt.question`)."""
-    return "\n".join(part for part in (record["instruction"], record["input"]) if part)
+    from urg_ray.data import join_question  # here, not at the top: this module stays free of torch
+
+    return join_question(record["instruction"], record["input"])
 
 
 def chat_pairs(card: str, n: int, seed: int, synthetic: dict[str, Any] | None = None) -> list[tuple[str, str]]:

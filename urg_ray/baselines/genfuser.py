@@ -24,7 +24,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalG
 from urg_ray import losses
 from urg_ray.baselines.base import Baseline, pad_rows
 from urg_ray.baselines.presets import BaselineConfig, fuser_tokenizer
-from urg_ray.data import Batch, Collator, Record, check_candidate_lists, quality
+from urg_ray.data import Batch, Collator, Record, as_records, check_candidate_lists, quality_matrix
 from urg_ray.model import FusionResult, select_top_k
 from urg_ray.positions import AbsolutePositions
 from urg_ray.presets import PRESETS, get_preset, t5_config
@@ -74,12 +74,8 @@ class FusionCollator(Collator):
         return self.encode_inputs([""] * len(questions), questions, candidates)
 
     def __call__(self, records: Sequence[Record | dict]) -> Batch:
-        records = [r if isinstance(r, Record) else Record.model_validate(r) for r in records]
-        qualities = [quality(r, self.score_keys)[1] for r in records]
-        n_max = max(map(len, qualities))
-        truth = torch.full((len(records), n_max), float("-inf"))
-        for b, q in enumerate(qualities):
-            truth[b, : len(q)] = torch.tensor(q)
+        records = as_records(records)
+        truth = quality_matrix(records, self.score_keys)  # (B, N_max)
         top, keep = select_top_k(truth, truth > float("-inf"), self.top_k)
         chosen = [[r.candidates[i].text for i in t[k].tolist()] for r, t, k in zip(records, top, keep)]
         batch = self.encode_pairs([r.question for r in records], chosen)
