@@ -36,10 +36,7 @@ from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
 from ray import serve
 from ray.serve import Application
 from starlette.types import Receive, Scope, Send
@@ -50,6 +47,7 @@ from serve.candidates import (build_candidate, call_candidate, candidate_samplin
 from serve.config import AppArgs, Health, served_urg
 from serve.errors import APIError, check_bearer, install_error_handlers, read_body, request_id
 from serve.metrics import EnsembleMetrics
+from serve.openapi import ERRORS, STREAMED, install_openapi, json_body
 from serve.ranker import FusionFailed, URGRankerFuser
 
 log = logging.getLogger("ray.serve")
@@ -71,43 +69,14 @@ class HeldStream(StreamingResponse):
             self.release()
 
 
-# Every route answers errors in one body; the schema says so, and names the request bodies.
-ERRORS = {status: {"model": protocol.ErrorResponse, "description": why} for status, why in {
-    400: "invalid request (the field is in `param`)", 401: "missing or wrong bearer key",
-    404: "unknown model or route", 405: "method not allowed (see Allow)", 413: "body or text too large",
-    429: "too many requests in flight (see Retry-After)", 500: "internal error (details in the server log)",
-    503: "every candidate failed, or the ranker-fuser is unavailable"}.items()}
 # The playground is one static page; its inline script and styles may only call this app.
 PLAYGROUND = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
 PLAYGROUND_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
                   "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-STREAMED = {200: {"description": "a chat.completion; with `stream: true`, server-sent chat.completion.chunk events",
-                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
-BODY_MODELS = (protocol.ChatRequest, protocol.RankAndFuseRequest, protocol.RerankRequest, protocol.ScoreRequest)
-
-
-def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """openapi_extra declaring `model` as the body: the routes read and bound the body themselves."""
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
 
 app = FastAPI(title="urg_ray ensemble", version="1", docs_url=None, redoc_url=None, openapi_url=None)
 install_error_handlers(app)
-
-
-def _openapi() -> dict[str, Any]:
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        _, defs = models_json_schema([(m, "validation") for m in BODY_MODELS],
-                                     ref_template="#/components/schemas/{model}")
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
-        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        app.openapi_schema = schema
-    return app.openapi_schema
-
-
-app.openapi = _openapi
+install_openapi(app)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
@@ -177,20 +146,20 @@ class Ingress:
                 "candidates": list(self.specs)}
         return JSONResponse({"object": "list", "data": [card]})
 
-    @app.post("/v1/chat/completions", responses={**ERRORS, **STREAMED}, openapi_extra=_json_body(protocol.ChatRequest))
+    @app.post("/v1/chat/completions", responses={**ERRORS, **STREAMED}, openapi_extra=json_body(protocol.ChatRequest))
     async def chat_completions(self, request: Request):
         check_bearer(request, self.token)
         async with self._admitted():
             return await self._chat(request)
 
-    @app.post("/v1/rank_and_fuse", responses=ERRORS, openapi_extra=_json_body(protocol.RankAndFuseRequest))
+    @app.post("/v1/rank_and_fuse", responses=ERRORS, openapi_extra=json_body(protocol.RankAndFuseRequest))
     async def rank_and_fuse(self, request: Request) -> JSONResponse:
         check_bearer(request, self.token)
         async with self._admitted():
             return await self._rank_and_fuse(request)
 
-    @app.post("/v1/rerank", responses=ERRORS, openapi_extra=_json_body(protocol.RerankRequest))
-    @app.post("/v2/rerank", responses=ERRORS, openapi_extra=_json_body(protocol.RerankRequest))
+    @app.post("/v1/rerank", responses=ERRORS, openapi_extra=json_body(protocol.RerankRequest))
+    @app.post("/v2/rerank", responses=ERRORS, openapi_extra=json_body(protocol.RerankRequest))
     async def rerank(self, request: Request) -> JSONResponse:
         check_bearer(request, self.token)
         async with self._admitted():
@@ -200,7 +169,7 @@ class Ingress:
             ranked = await self._rank(body.query, body.texts)
             return JSONResponse(protocol.rerank_response(self.args.model_name, body, ranked))
 
-    @app.post("/v1/score", responses=ERRORS, openapi_extra=_json_body(protocol.ScoreRequest))
+    @app.post("/v1/score", responses=ERRORS, openapi_extra=json_body(protocol.ScoreRequest))
     async def score(self, request: Request) -> JSONResponse:
         check_bearer(request, self.token)
         async with self._admitted():
