@@ -49,7 +49,8 @@ def refused(check, **fields) -> APIError:
 
 
 def turns(last: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": "hi"}, {"role": "assistant", "content": last}, {"role": "user", "content": "ok"}]
+    return [{"role": "user", "content": "hi"}, {"role": "assistant", "content": last},
+            {"role": "user", "content": "ok"}]
 
 
 # (check, fields at the limit, the same one over it, status, param, code, message)
@@ -79,8 +80,10 @@ BOUNDARIES = [
      "text_too_long", "documents.1: 11 characters > the limit of 10"),
     (score, {"text_2": ["a", "b", "c"]}, {"text_2": ["a", "b", "c", "d"]}, 400, "text_2", "too_many_candidates",
      "text_2: 4 texts > the limit of 3 per request"),
-    (score, {"text_1": AT}, {"text_1": OVER}, 413, "text_1", "text_too_long", "text_1: 11 characters > the limit of 10"),
-    (score, {"text_2": AT}, {"text_2": OVER}, 413, "text_2", "text_too_long", "text_2: 11 characters > the limit of 10"),
+    (score, {"text_1": AT}, {"text_1": OVER}, 413, "text_1", "text_too_long",
+     "text_1: 11 characters > the limit of 10"),
+    (score, {"text_2": AT}, {"text_2": OVER}, 413, "text_2", "text_too_long",
+     "text_2: 11 characters > the limit of 10"),
     (score, {"text_1": ["q", AT], "text_2": ["a", "b"]}, {"text_1": ["q", OVER], "text_2": ["a", "b"]}, 413, "text_1.1",
      "text_too_long", "text_1.1: 11 characters > the limit of 10"),
     (score, {"text_2": ["a", AT]}, {"text_2": ["a", OVER]}, 413, "text_2.1", "text_too_long",
