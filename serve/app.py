@@ -36,10 +36,7 @@ from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
 from ray import serve
 from ray.serve import Application
 from starlette.types import Receive, Scope, Send
@@ -49,7 +46,9 @@ from serve.candidates import (build_candidate, call_candidate, candidate_samplin
                               served_source, short_reason)
 from serve.config import AppArgs, Health, served_urg
 from serve.errors import APIError, check_bearer, install_error_handlers, read_body, request_id
+from serve.limits import check_chat, check_rank_and_fuse, check_rerank, check_score
 from serve.metrics import EnsembleMetrics
+from serve.openapi import ERRORS, STREAMED, install_openapi, json_body
 from serve.ranker import FusionFailed, URGRankerFuser
 
 log = logging.getLogger("ray.serve")
@@ -71,43 +70,14 @@ class HeldStream(StreamingResponse):
             self.release()
 
 
-# Every route answers errors in one body; the schema says so, and names the request bodies.
-ERRORS = {status: {"model": protocol.ErrorResponse, "description": why} for status, why in {
-    400: "invalid request (the field is in `param`)", 401: "missing or wrong bearer key",
-    404: "unknown model or route", 405: "method not allowed (see Allow)", 413: "body or text too large",
-    429: "too many requests in flight (see Retry-After)", 500: "internal error (details in the server log)",
-    503: "every candidate failed, or the ranker-fuser is unavailable"}.items()}
 # The playground is one static page; its inline script and styles may only call this app.
 PLAYGROUND = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
 PLAYGROUND_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
                   "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-STREAMED = {200: {"description": "a chat.completion; with `stream: true`, server-sent chat.completion.chunk events",
-                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
-BODY_MODELS = (protocol.ChatRequest, protocol.RankAndFuseRequest, protocol.RerankRequest, protocol.ScoreRequest)
-
-
-def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """openapi_extra declaring `model` as the body: the routes read and bound the body themselves."""
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
 
 app = FastAPI(title="urg_ray ensemble", version="1", docs_url=None, redoc_url=None, openapi_url=None)
 install_error_handlers(app)
-
-
-def _openapi() -> dict[str, Any]:
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        _, defs = models_json_schema([(m, "validation") for m in BODY_MODELS],
-                                     ref_template="#/components/schemas/{model}")
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
-        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        app.openapi_schema = schema
-    return app.openapi_schema
-
-
-app.openapi = _openapi
+install_openapi(app)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
@@ -177,36 +147,34 @@ class Ingress:
                 "candidates": list(self.specs)}
         return JSONResponse({"object": "list", "data": [card]})
 
-    @app.post("/v1/chat/completions", responses={**ERRORS, **STREAMED}, openapi_extra=_json_body(protocol.ChatRequest))
+    @app.post("/v1/chat/completions", responses={**ERRORS, **STREAMED}, openapi_extra=json_body(protocol.ChatRequest))
     async def chat_completions(self, request: Request):
         check_bearer(request, self.token)
         async with self._admitted():
             return await self._chat(request)
 
-    @app.post("/v1/rank_and_fuse", responses=ERRORS, openapi_extra=_json_body(protocol.RankAndFuseRequest))
+    @app.post("/v1/rank_and_fuse", responses=ERRORS, openapi_extra=json_body(protocol.RankAndFuseRequest))
     async def rank_and_fuse(self, request: Request) -> JSONResponse:
         check_bearer(request, self.token)
         async with self._admitted():
             return await self._rank_and_fuse(request)
 
-    @app.post("/v1/rerank", responses=ERRORS, openapi_extra=_json_body(protocol.RerankRequest))
-    @app.post("/v2/rerank", responses=ERRORS, openapi_extra=_json_body(protocol.RerankRequest))
+    @app.post("/v1/rerank", responses=ERRORS, openapi_extra=json_body(protocol.RerankRequest))
+    @app.post("/v2/rerank", responses=ERRORS, openapi_extra=json_body(protocol.RerankRequest))
     async def rerank(self, request: Request) -> JSONResponse:
         check_bearer(request, self.token)
         async with self._admitted():
             body = await read_body(request, protocol.RerankRequest, self.args.limits.max_body_bytes)
-            self._check_ranking(body.model, [("query", body.query)],
-                                [(f"documents.{i}", text) for i, text in enumerate(body.texts)], "documents")
+            check_rerank(body, self.args.limits, self.args.model_name)
             ranked = await self._rank(body.query, body.texts)
             return JSONResponse(protocol.rerank_response(self.args.model_name, body, ranked))
 
-    @app.post("/v1/score", responses=ERRORS, openapi_extra=_json_body(protocol.ScoreRequest))
+    @app.post("/v1/score", responses=ERRORS, openapi_extra=json_body(protocol.ScoreRequest))
     async def score(self, request: Request) -> JSONResponse:
         check_bearer(request, self.token)
         async with self._admitted():
             body = await read_body(request, protocol.ScoreRequest, self.args.limits.max_body_bytes)
-            self._check_ranking(body.model, protocol.named("text_1", body.text_1), protocol.named("text_2", body.text_2),
-                                "text_2")
+            check_score(body, self.args.limits, self.args.model_name)
             groups = body.groups()
             ranked = await asyncio.gather(*(self._rank(q, [body.texts_2[i] for i in members]) for q, members in groups))
             return JSONResponse(protocol.score_response(self.args.model_name, groups, ranked))
@@ -214,13 +182,9 @@ class Ingress:
     # ---- the two POST routes -------------------------------------------------------------
     async def _chat(self, request: Request) -> JSONResponse:
         body = await read_body(request, protocol.ChatRequest, self.args.limits.max_body_bytes)
-        if body.model != self.args.model_name:
-            raise APIError(404, f"model {body.model!r} does not exist; this server serves {self.args.model_name!r}",
-                           param="model", code="model_not_found")
-        for i, message in enumerate(body.messages):
-            self._check_length(message.text, f"messages.{i}.content")
-        answer_tokens = self._check_tokens(body.answer_tokens, "max_tokens") or self.args.urg.max_new_tokens
-        candidate_tokens = self._check_tokens(body.candidate_max_tokens, "candidate_max_tokens")
+        check_chat(body, self.args.limits, self.args.model_name)
+        answer_tokens = body.answer_tokens or self.args.urg.max_new_tokens
+        candidate_tokens = body.candidate_max_tokens
         messages = [{"role": m.role, "content": m.text} for m in body.messages]
         await self._check_context(messages, candidate_tokens)
         sampling = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": body.stops or None,
@@ -304,18 +268,8 @@ class Ingress:
 
     async def _rank_and_fuse(self, request: Request) -> JSONResponse:
         body = await read_body(request, protocol.RankAndFuseRequest, self.args.limits.max_body_bytes)
-        limits = self.args.limits
-        if len(body.inputs) > limits.max_inputs:
-            raise APIError(400, f"inputs: {len(body.inputs)} > the limit of {limits.max_inputs} per request",
-                           param="inputs", code="too_many_inputs")
-        for i, (question, cands) in enumerate(zip(body.inputs, body.candidates)):
-            self._check_length(question, f"inputs.{i}")
-            if len(cands) > limits.max_candidates:
-                raise APIError(400, f"candidates.{i}: {len(cands)} > the limit of {limits.max_candidates}",
-                               param=f"candidates.{i}", code="too_many_candidates")
-            for j, cand in enumerate(cands):
-                self._check_length(cand if isinstance(cand, str) else cand.text, f"candidates.{i}.{j}")
-        max_new_tokens = self._check_tokens(body.max_new_tokens, "max_new_tokens") or self.args.urg.max_new_tokens
+        check_rank_and_fuse(body, self.args.limits)
+        max_new_tokens = body.max_new_tokens or self.args.urg.max_new_tokens
         rows = [[c if isinstance(c, protocol.CandidateText) else protocol.CandidateText(model=f"candidate-{j}", text=c)
                  for j, c in enumerate(cands)] for cands in body.candidates]
         fused = await asyncio.gather(*(self._fuse(q, [c.text for c in cands], body.top_k, max_new_tokens)
@@ -366,30 +320,6 @@ class Ingress:
         log.info("ensemble %s ready: every candidate and the ranker-fuser answered a warm-up", self.args.model_name)
 
     # ---- helpers -------------------------------------------------------------------------
-    def _check_ranking(self, model: str | None, queries: list[tuple[str, str]], texts: list[tuple[str, str]],
-                       param: str) -> None:
-        """The ranking endpoints' model, number of texts to rank and lengths ((param, text) pairs),
-        checked before the ranker is called."""
-        if model is not None and model != self.args.model_name:
-            raise APIError(404, f"model {model!r} does not exist; this server serves {self.args.model_name!r}",
-                           param="model", code="model_not_found")
-        if len(texts) > self.args.limits.max_candidates:
-            raise APIError(400, f"{param}: {len(texts)} texts > the limit of {self.args.limits.max_candidates} "
-                           "per request", param=param, code="too_many_candidates")
-        for name, text in [*queries, *texts]:
-            self._check_length(text, name)
-
-    def _check_length(self, text: str, param: str) -> None:
-        if len(text) > self.args.limits.max_text_chars:
-            raise APIError(413, f"{param}: {len(text)} characters > the limit of {self.args.limits.max_text_chars}",
-                           param=param, code="text_too_long")
-
-    def _check_tokens(self, tokens: int | None, param: str) -> int | None:
-        if tokens is not None and tokens > self.args.limits.max_new_tokens:
-            raise APIError(400, f"{param}: {tokens} > the limit of {self.args.limits.max_new_tokens}",
-                           param=param, code="invalid_value")
-        return tokens
-
     async def _ask(self, name: str, messages: list[dict], max_tokens: int | None,
                    sampling: dict[str, Any]) -> dict[str, Any]:
         """{model, text, latency_s, usage, failure}: failure is None on success, else why it was dropped."""
