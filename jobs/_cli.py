@@ -1,6 +1,6 @@
 """What every job shares: the command line (--config FILE, repeated --set key=value, --out DIR,
---verbose), bad input ending the job with a one-line error and exit status 2, Ray start-up, and
-generation as the generate and best-of-n jobs run it."""
+--verbose, NAME=VALUE flags), bad input ending the job with a one-line error and exit status 2,
+Ray start-up, and generation as the generate and best-of-n jobs run it."""
 
 from __future__ import annotations
 
@@ -39,6 +39,18 @@ def bad_input(err: Exception) -> int:
 def job_config(args: argparse.Namespace, schema: type[BaseModel] = JobConfig) -> Any:
     """`--config` with the `--set` overrides, validated (raises ConfigError naming file and key)."""
     return load_config(args.config, args.set, schema=schema)
+
+
+def load_prompts_checked(cfg: Any) -> tuple[list, list[str]]:
+    """The generation config's prompts, its engines checked first; a warning printed per line skipped.
+    Raises DataError (no engine package, no valid prompt), so a job fails before Ray starts."""
+    from urg_ray.generate import check_engines, load_prompts
+
+    check_engines(cfg)
+    prompts, problems = load_prompts(cfg)
+    for problem in problems:
+        print(f"warning: skipped prompt {problem}", file=sys.stderr)
+    return prompts, problems
 
 
 def start_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
