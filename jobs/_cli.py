@@ -8,6 +8,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -34,6 +35,17 @@ def job_parser(description: str, default_out: str | None, out_help: str | None =
 def bad_input(err: Exception) -> int:
     print(f"error: {err}", file=sys.stderr)
     return BAD_INPUT
+
+
+def name_value(value: str, flag: str, folder: bool = False) -> tuple[str, str]:
+    """`NAME=FOLDER` (with `folder`: the folder must exist) or `A=B` of a repeatable `flag`, split in two;
+    ValueError naming the flag otherwise."""
+    name, sep, rest = value.partition("=")
+    if not sep or not name or not rest:
+        raise ValueError(f"{flag}: expected {'NAME=FOLDER' if folder else 'A=B'}, got {value!r}")
+    if folder and not Path(rest).is_dir():
+        raise ValueError(f"{flag} {value}: no such folder")
+    return name, rest
 
 
 def job_config(args: argparse.Namespace, schema: type[BaseModel] = JobConfig) -> Any:
