@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from urg_ray.config import ConfigError, JobConfig, load_config
 from urg_ray.data import DataError
+from urg_ray.ray_setup import quiet_init_kwargs
 
 BAD_INPUT = 2  # exit status: the config or an input file is wrong; nothing was started
 INPUT_ERRORS = (ConfigError, DataError)
@@ -72,16 +73,12 @@ def start_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    quiet = {} if verbose else {"logging_config": ray.LoggingConfig(log_level="WARNING")}
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **quiet)
+        ray.init(address=address, **quiet_init_kwargs(verbose, local=False))
         return
-    if not verbose:  # deprecations inside Ray's own actors (Ray Train's dataset manager): not the user's to fix
-        quiet["runtime_env"] = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning",
-                                             "RAY_DATA_LOG_LEVEL": "WARNING"}}
     # the dashboard serves the state API that Ray Train's placement-group cleaner polls
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **quiet)
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **quiet_init_kwargs(verbose))
     print(f"[ray] local Ray started; its logs: {LOCAL_LOGS}", flush=True)
 
 
