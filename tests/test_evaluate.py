@@ -123,7 +123,6 @@ def test_evaluate_job_writes_every_row_and_column(tmp_path):
 def test_a_malformed_or_missing_model_flag_is_named_before_any_model_or_ray(tmp_path, capsys):
     import ray
 
-    sys.path.insert(0, str(ROOT / "jobs"))
     from evaluate import main
 
     assert main(["--urg", "URG"]) == 2

@@ -1,16 +1,12 @@
 """urg_ray/ray_setup.py: the keyword arguments the jobs (jobs/_cli.py start_ray) and the overhead
 benchmark (urg_ray.overhead.ray_session) give `ray.init`, recorded by a stand-in: no Ray starts."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import ray
 
 from urg_ray.overhead import ray_session
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
-from _cli import start_ray  # noqa: E402
+from _cli import start_ray
 
 WARNINGS_ONLY = ray.LoggingConfig(log_level="WARNING")
 QUIET_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning", "RAY_DATA_LOG_LEVEL": "WARNING"}}

@@ -1,13 +1,8 @@
 """jobs/serve_benchmark.py's parts that need no running Serve."""
 
-import sys
-from pathlib import Path
-
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
-
-from serve_benchmark import _app_args, main  # noqa: E402
+from serve_benchmark import _app_args, main
 
 
 def test_app_args_fold_deployment_options_into_candidates_named_by_engine_or_kind(tmp_path):
