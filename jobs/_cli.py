@@ -1,6 +1,6 @@
 """What every job shares: the command line (--config FILE, repeated --set key=value, --out DIR,
---verbose), bad input ending the job with a one-line error and exit status 2, Ray start-up, and
-generation as the generate and best-of-n jobs run it."""
+--verbose, NAME=VALUE flags), bad input ending the job with a one-line error and exit status 2,
+Ray start-up, and generation as the generate and best-of-n jobs run it."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from urg_ray.config import ConfigError, JobConfig, load_config
 from urg_ray.data import DataError
+from urg_ray.ray_setup import quiet_init_kwargs
 
 BAD_INPUT = 2  # exit status: the config or an input file is wrong; nothing was started
 INPUT_ERRORS = (ConfigError, DataError)
@@ -36,9 +38,32 @@ def bad_input(err: Exception) -> int:
     return BAD_INPUT
 
 
+def name_value(value: str, flag: str, folder: bool = False) -> tuple[str, str]:
+    """`NAME=FOLDER` (with `folder`: the folder must exist) or `A=B` of a repeatable `flag`, split in two;
+    ValueError naming the flag otherwise."""
+    name, sep, rest = value.partition("=")
+    if not sep or not name or not rest:
+        raise ValueError(f"{flag}: expected {'NAME=FOLDER' if folder else 'A=B'}, got {value!r}")
+    if folder and not Path(rest).is_dir():
+        raise ValueError(f"{flag} {value}: no such folder")
+    return name, rest
+
+
 def job_config(args: argparse.Namespace, schema: type[BaseModel] = JobConfig) -> Any:
     """`--config` with the `--set` overrides, validated (raises ConfigError naming file and key)."""
     return load_config(args.config, args.set, schema=schema)
+
+
+def load_prompts_checked(cfg: Any) -> tuple[list, list[str]]:
+    """The generation config's prompts, its engines checked first; a warning printed per line skipped.
+    Raises DataError (no engine package, no valid prompt), so a job fails before Ray starts."""
+    from urg_ray.generate import check_engines, load_prompts
+
+    check_engines(cfg)
+    prompts, problems = load_prompts(cfg)
+    for problem in problems:
+        print(f"warning: skipped prompt {problem}", file=sys.stderr)
+    return prompts, problems
 
 
 def start_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
@@ -48,16 +73,12 @@ def start_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    quiet = {} if verbose else {"logging_config": ray.LoggingConfig(log_level="WARNING")}
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **quiet)
+        ray.init(address=address, **quiet_init_kwargs(verbose, local=False))
         return
-    if not verbose:  # deprecations inside Ray's own actors (Ray Train's dataset manager): not the user's to fix
-        quiet["runtime_env"] = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning",
-                                             "RAY_DATA_LOG_LEVEL": "WARNING"}}
     # the dashboard serves the state API that Ray Train's placement-group cleaner polls
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **quiet)
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **quiet_init_kwargs(verbose))
     print(f"[ray] local Ray started; its logs: {LOCAL_LOGS}", flush=True)
 
 

@@ -27,11 +27,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import bad_input, job_config, job_parser, run_generation  # noqa: E402
+from _cli import INPUT_ERRORS, bad_input, job_config, job_parser, load_prompts_checked, run_generation  # noqa: E402
 
 from urg_ray.best_of_n import BestOfNConfig, pick_and_write, sample_prompts  # noqa: E402
-from urg_ray.config import ConfigError  # noqa: E402
-from urg_ray.data import DataError  # noqa: E402
 from urg_ray.durable import Locked  # noqa: E402
 
 
@@ -39,17 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     args = job_parser(__doc__.splitlines()[0], default_out="outputs/best_of_n").parse_args(argv)
     try:  # everything that can be wrong with the inputs fails here, before Ray starts
         cfg = job_config(args, BestOfNConfig)
-        from urg_ray.generate import check_engines, load_prompts, missing_pairs
+        from urg_ray.generate import missing_pairs
         from urg_ray.presets import resolve_urg_source
 
-        check_engines(cfg)
+        prompts, problems = load_prompts_checked(cfg)
         urg_source = resolve_urg_source(cfg.urg, cfg.fallback_preset)
-        prompts, problems = load_prompts(cfg)
-        for problem in problems:
-            print(f"warning: skipped prompt {problem}", file=sys.stderr)
         samples = sample_prompts(prompts, cfg.n)
         todo = missing_pairs(cfg, args.out, samples)  # also validates the samples file, its journal and lock
-    except (ConfigError, DataError, Locked, FileNotFoundError) as err:
+    except (*INPUT_ERRORS, Locked, FileNotFoundError) as err:
         return bad_input(err)
     print(f"[best_of_n] {len(prompts)} prompts x {cfg.n} samples x {len(cfg.models)} models "
           f"({', '.join(f'{m.name} ({m.engine})' for m in cfg.models)}); {todo} samples to generate; "

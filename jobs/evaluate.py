@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import INPUT_ERRORS, bad_input, job_config, job_parser, start_ray  # noqa: E402
+from _cli import INPUT_ERRORS, bad_input, job_config, job_parser, name_value, start_ray  # noqa: E402
 
 from urg_ray.config import ConfigError  # noqa: E402
 from urg_ray.data import DataError, drop_failed, read_records  # noqa: E402
@@ -39,13 +39,6 @@ from urg_ray.evaluation import METRICS, PAPER_METRICS  # noqa: E402
 
 PAPER_BARTSCORE = "facebook/bart-large-cnn"  # BARTScore's (Yuan et al. 2021), as LLM-Blender scored MixInstruct
 PAPER_BERTSCORE = "roberta-large"  # bert-score's default English model
-
-
-def named_path(value: str) -> tuple[str, str]:
-    name, sep, path = value.partition("=")
-    if not sep or not name or not path:
-        raise ValueError(f"expected NAME=FOLDER, got {value!r}")
-    return name, path
 
 
 def planned_rows(named: dict[str, list[tuple[str, str]]], bounds: bool) -> set[str]:
@@ -113,16 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         args.bartscore_model = args.bartscore_model or PAPER_BARTSCORE
         args.bertscore_model = args.bertscore_model or PAPER_BERTSCORE
     try:
-        paired = [named_path(v) for v in args.paired]
+        paired = [name_value(v, "--paired") for v in args.paired]
         if args.summarize:
             if args.urg or args.ranker or args.fuser:
                 raise ValueError("--summarize reads finished evaluations; it takes no --urg, --ranker or --fuser")
             return summarize(args.summarize, paired, args.out)
         cfg = job_config(args)
-        named = {kind: [named_path(v) for v in getattr(args, kind)] for kind in ("urg", "ranker", "fuser")}
-        for name, path in [p for group in named.values() for p in group]:
-            if not Path(path).is_dir():
-                raise ConfigError(f"{name}={path}: no such folder")
+        named = {kind: [name_value(v, f"--{kind}", folder=True) for v in getattr(args, kind)]
+                 for kind in ("urg", "ranker", "fuser")}
         test_file = args.test_file or cfg.data.test_file
         records = drop_failed(read_records(test_file))[0][: args.max_records]
         models = {c.model for r in records for c in r.candidates}

@@ -17,10 +17,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import job_parser, run_generation  # noqa: E402
+from _cli import INPUT_ERRORS, bad_input, job_config, job_parser, load_prompts_checked, run_generation  # noqa: E402
 
-from urg_ray.config import ConfigError, load_config  # noqa: E402
-from urg_ray.data import DataError  # noqa: E402
 from urg_ray.durable import Locked  # noqa: E402
 from urg_ray.generate_config import GenerateConfig  # noqa: E402
 
@@ -28,17 +26,13 @@ from urg_ray.generate_config import GenerateConfig  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     args = job_parser(__doc__.splitlines()[0], default_out="outputs/generate").parse_args(argv)
     try:  # everything that can be wrong with the inputs fails here, before Ray starts
-        cfg = load_config(args.config, args.set, schema=GenerateConfig)
-        from urg_ray.generate import check_engines, load_prompts, missing_pairs
+        cfg = job_config(args, GenerateConfig)
+        from urg_ray.generate import missing_pairs
 
-        check_engines(cfg)
-        prompts, problems = load_prompts(cfg)
-        for problem in problems:
-            print(f"warning: skipped prompt {problem}", file=sys.stderr)
+        prompts, problems = load_prompts_checked(cfg)
         todo = missing_pairs(cfg, args.out, prompts)  # also validates an existing output file and its lock
-    except (ConfigError, DataError, Locked) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (*INPUT_ERRORS, Locked) as err:
+        return bad_input(err)
     print(f"[generate] {len(prompts)} prompts ({len(problems)} lines skipped) x {len(cfg.models)} models: "
           f"{', '.join(f'{m.name} ({m.engine})' for m in cfg.models)}; {todo} candidates to generate", flush=True)
 

@@ -38,7 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import INPUT_ERRORS  # noqa: E402
+from _cli import INPUT_ERRORS, bad_input  # noqa: E402
 from pipeline_report import ReportError, write_report  # noqa: E402
 
 from urg_ray.config import ConfigError, load_config  # noqa: E402
@@ -341,8 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_pipeline_config(args.config)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return bad_input(err)
     d = Path(args.dir)
     if args.step:
         step = {"_data": make_data, "_split": split_scored, "_serve_config": serve_config,

@@ -21,18 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import INPUT_ERRORS, bad_input, job_config, job_parser  # noqa: E402
+from _cli import INPUT_ERRORS, bad_input, job_config, job_parser, name_value  # noqa: E402
 
 PAIR_AGGREGATIONS = {"max_logits": "MaxLogits", "bubble": "bubble"}
-
-
-def named_path(value: str) -> tuple[str, str]:
-    name, sep, path = value.partition("=")
-    if not sep or not name or not path:
-        raise ValueError(f"--model: expected NAME=FOLDER, got {value!r}")
-    if not Path(path).is_dir():
-        raise ValueError(f"--model {value}: no such folder")
-    return name, path
 
 
 def in_batches(records, batch_size: int, call) -> list:
@@ -84,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = job_config(args)
-        named = [named_path(v) for v in args.model]
+        named = [name_value(v, "--model", folder=True) for v in args.model]
         from urg_ray.data import read_records
         from urg_ray.judged_study import KIND_TITLES, JudgedStudy, rows_from_json
         from urg_ray.real_data import ensure_judged

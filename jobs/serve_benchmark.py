@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "jobs"))
 sys.path.insert(0, str(ROOT))  # `serve/` is a folder at the repository root
-from _cli import job_parser  # noqa: E402
+from _cli import bad_input, job_parser  # noqa: E402
 
 from urg_ray.config import ConfigError, load_config  # noqa: E402
 
@@ -266,22 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.set, schema=LoadConfig)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return bad_input(err)
     if args.serve_config:
         if not Path(args.serve_config).is_file():
-            print(f"error: {args.serve_config}: not found", file=sys.stderr)
-            return 2
+            return bad_input(FileNotFoundError(f"{args.serve_config}: not found"))
         url = _self_host(Path(args.serve_config), cfg.canned)
     else:
         url = args.url.rstrip("/")
         if urlparse(url).hostname not in LOOPBACK:
-            print(f"error: --url {url}: this load test only targets loopback ({', '.join(sorted(LOOPBACK))})",
-                  file=sys.stderr)
-            return 2
+            return bad_input(ValueError(f"--url {url}: this load test only targets loopback "
+                                        f"({', '.join(sorted(LOOPBACK))})"))
     if cfg.chaos and not args.serve_config:
-        print("error: chaos=true needs --serve-config (the job kills replicas of the app it started)", file=sys.stderr)
-        return 2
+        return bad_input(ConfigError("chaos=true needs --serve-config (the job kills replicas of the app it started)"))
     try:
         probed = asyncio.run(probe(url, cfg, cfg.probe)) if cfg.probe else None
         result = asyncio.run(run_load(url, cfg))

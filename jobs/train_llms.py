@@ -26,7 +26,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import start_ray  # noqa: E402
+from _cli import bad_input, start_ray  # noqa: E402
 
 from urg_ray.train_llms import PIPELINE_LLMS, LLMTrainConfig  # noqa: E402
 
@@ -110,13 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.n_questions < 1:
-        print("error: --steps and --n-questions must be >= 1", file=sys.stderr)
-        return 2
+        return bad_input(ValueError("--steps and --n-questions must be >= 1"))
     try:
         synthetic = synthetic_knobs(args.synthetic)
     except ValueError as err:
-        print(f"error: --synthetic: {err}", file=sys.stderr)
-        return 2
+        return bad_input(ValueError(f"--synthetic: {err}"))
     cfg = replace(LLMTrainConfig(), steps=args.steps, n_questions=args.n_questions, synthetic=synthetic)
     out = Path(args.out)
     names = args.llm or list(PIPELINE_LLMS)

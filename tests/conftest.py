@@ -1,6 +1,5 @@
 import socket
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +8,6 @@ from urg_ray import URG
 from urg_ray.data import Record
 
 torch.set_num_threads(2)
-ROOT = Path(__file__).resolve().parents[1]
 
 _RUNNING: dict = {}  # the test being set up or run, for the Ray guard below
 
@@ -82,8 +80,6 @@ def serve_app():
         ray = pytest.importorskip("ray")
         from ray import serve
 
-        if str(ROOT) not in sys.path:  # `serve/` is a top-level folder, not an installed package
-            sys.path.insert(0, str(ROOT))
         from serve.app import build_app
         from serve.healthz import is_ready, wait_ready
 

@@ -7,19 +7,15 @@ tiny GPT-2 (transformers engine, Ray Data) and resumes it from a journal cut aft
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from urg_ray.best_of_n import BestOfNConfig, group_samples, pick_best, sample_prompts
 from urg_ray.config import ConfigError, load_config
 from urg_ray.data import ERROR_FIELD, Record, read_records
 from urg_ray.generate import Prompt, question_hash
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
-from best_of_n import main  # noqa: E402
-
-from urg_ray.best_of_n import BestOfNConfig, group_samples, pick_best, sample_prompts  # noqa: E402
+from best_of_n import main
 
 GPT2 = "models=[{name: gpt2, engine: transformers, source: tiny-gpt2, max_model_len: 256, batch_size: 4}]"
 

@@ -118,8 +118,20 @@ def test_evaluate_job_writes_every_row_and_column(tmp_path):
     for header in ("BLEU", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "BERTScore", "Pearson", "Spearman", "Footrule"):
         assert header in markdown
     assert (out / "eval.png").stat().st_size > 0 and (out / "robustness.png").stat().st_size > 0
-    bad = subprocess.run([sys.executable, "jobs/evaluate.py", "--urg", "URG"], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode == 2 and "expected NAME=FOLDER" in bad.stderr
+
+
+def test_a_malformed_or_missing_model_flag_is_named_before_any_model_or_ray(tmp_path, capsys):
+    import ray
+
+    from evaluate import main
+
+    assert main(["--urg", "URG"]) == 2
+    assert "error: --urg: expected NAME=FOLDER, got 'URG'" in capsys.readouterr().err
+    assert main(["--ranker", f"Pair={tmp_path / 'nope'}"]) == 2
+    assert f"error: --ranker Pair={tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
+    assert main(["--summarize", str(tmp_path), "--paired", "URG-rank"]) == 2  # rows, not folders
+    assert "error: --paired: expected A=B, got 'URG-rank'" in capsys.readouterr().err
+    assert not ray.is_initialized()
 
 
 CMP = [{"m0,m1": "A is better", "m0,m2": "A is better", "m1,m2": "Same good"},  # wins 2 0 0: ranks 1 2 2

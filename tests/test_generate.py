@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +22,6 @@ from urg_ray.generate import (ERROR_FIELD, GenerationActor, Prompt, _load_existi
                               is_failed, read_prompts)
 from urg_ray.generate_config import GenerateConfig, ModelSpec
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 LONG = "word " * 300  # ~300 tokens: over max_model_len 256 of the tiny models
 
 

@@ -1,14 +1,9 @@
 """serve/healthz.py: waiting for an app's /healthz, against scripted replies (no Serve)."""
 
-import sys
-from pathlib import Path
-
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `serve/` is a top-level folder
-
-import serve.healthz as healthz  # noqa: E402
+import serve.healthz as healthz
 
 
 @pytest.fixture

@@ -147,7 +147,6 @@ def test_a_killed_job_resumes_to_the_uninterrupted_output(tmp_path, uninterrupte
 
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "jobs"))
     from generate import main
 
     out = tmp_path / "out"

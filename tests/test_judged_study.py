@@ -4,16 +4,13 @@ hand-made judged records whose win rates, intervals and correlations are worked 
 import json
 import math
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
 from urg_ray.data import DataError, Record, write_records
 from urg_ray.judged_study import JudgedStudy, best_model_on, bootstrap_interval, rows_from_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
-import real_study  # noqa: E402
+import real_study
 
 
 def judged(i: int, wins, lengths=(1, 1, 1), bleus=(0.0, 0.0, 0.0), models=("a", "b", "c")) -> Record:

@@ -12,7 +12,6 @@ import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Sequence
 
 import httpx
@@ -24,9 +23,6 @@ from urg_ray.llms import LLM, Answer, Sampling, build, register
 from urg_ray.llms.base import per_item
 from urg_ray.llms.spec import LLMSpec
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # serve/ is a top-level folder
-sys.path.insert(0, str(ROOT / "jobs"))
 
 
 # ---- the one place a new engine is registered ---------------------------------------------

@@ -1,14 +1,11 @@
 """The serving pair loads in-process the URG that serve/app.yaml's app serves (jobs/bench_overhead.py)."""
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `serve/` is a top-level folder
-sys.path.insert(0, str(ROOT / "jobs"))
 
 pytest.importorskip("ray")
 from bench_overhead import ServeLoad  # noqa: E402

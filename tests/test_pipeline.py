@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
-import pipeline  # noqa: E402
-import pipeline_report  # noqa: E402
-from pipeline import PipelineConfig, Stage, StageFailed, run_stages  # noqa: E402
+import pipeline
+import pipeline_report
+from pipeline import PipelineConfig, Stage, StageFailed, run_stages
 
 
 def config(**changes) -> PipelineConfig:

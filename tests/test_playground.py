@@ -10,7 +10,6 @@ keep a screenshot of the answered page (docs/playground.png is one).
 
 import os
 import shutil
-import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -18,7 +17,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `serve/` is a top-level folder, not an installed package
 
 PAGE = ROOT / "serve" / "playground.html"
 KEY = "playground-key"

@@ -2,13 +2,9 @@
 
 import asyncio
 import contextlib
-import sys
 import threading
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `serve/` is a top-level folder
 
 pytest.importorskip("ray")
 from serve.ranker import BusyBatchWait, URGRankerFuser  # noqa: E402

@@ -6,13 +6,11 @@ canned candidates, URG from the trained checkpoint or the tiny preset) and are s
 
 import concurrent.futures
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `serve/` is a top-level folder, not an installed package
 
 pytest.importorskip("ray")
 from serve import protocol  # noqa: E402

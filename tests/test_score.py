@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from urg_ray.data import read_records, write_records
 from urg_ray.generate_config import ALL_SCORES, ScoreConfig
 from urg_ray.scoring import BARTScorer, bartscore, score_candidates, score_file, scorer_actors
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 MIXINSTRUCT_SCORES = {"bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore", "bartscore"}
 
 PAIRS = [  # (candidate, reference) of different lengths, so one batch holds padding

@@ -11,7 +11,6 @@ it disturbs `main`. Every test here starts Ray Serve: the module is slow.
 import concurrent.futures
 import json
 import socket
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +20,6 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `serve/` is a top-level folder, not an installed package
 
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402

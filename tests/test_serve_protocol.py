@@ -3,14 +3,9 @@ multi-turn question, batch isolation in the ranker and auth that fails closed (s
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `serve/` is a top-level folder, not an installed package
 
 pytest.importorskip("ray")
 from serve import protocol  # noqa: E402

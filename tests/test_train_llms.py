@@ -90,10 +90,6 @@ def test_answers_come_from_the_llm_layer_and_a_failed_one_names_the_folder(tmp_p
 
 
 def test_synthetic_knobs_of_the_job_are_checked():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
     import train_llms as job
 
     assert job.synthetic_knobs(["question_names_facts=true", "min_facts=2"]) == {"question_names_facts": True,

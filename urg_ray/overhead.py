@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from urg_ray.benchmarking import OtherLoad
+from urg_ray.ray_setup import quiet_init_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,7 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
     import ray
 
     # the dashboard serves the state API that Ray Train's placement-group cleaner polls
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
-             logging_config=ray.LoggingConfig(log_level="WARNING"),
-             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning", "RAY_DATA_LOG_LEVEL": "WARNING"}})
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **quiet_init_kwargs())
     try:
         yield
     finally:
