@@ -45,7 +45,7 @@ from serve import protocol
 from serve.candidates import (build_candidate, call_candidate, candidate_sampling, count_prompt_tokens, max_model_len,
                               served_source, short_reason)
 from serve.config import AppArgs, Health, served_urg
-from serve.errors import APIError, check_bearer, install_error_handlers, read_body, request_id
+from serve.errors import APIError, check_bearer, install_error_handlers, read_body
 from serve.limits import check_chat, check_rank_and_fuse, check_rerank, check_score
 from serve.metrics import EnsembleMetrics
 from serve.openapi import ERRORS, STREAMED, install_openapi, json_body

@@ -21,7 +21,7 @@ import pytest
 
 import urg_ray.durable as durable
 import urg_ray.generate as gen
-from urg_ray.data import DataError, Record, read_records, write_records
+from urg_ray.data import DataError, read_records, write_records
 from urg_ray.durable import Journal, Locked, atomic_write, exclusive_lock, replace_folder
 from urg_ray.generate import Prompt, _journal_candidate, _load_existing, question_hash
 from urg_ray.generate_config import GenerateConfig, ModelSpec
