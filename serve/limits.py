@@ -32,7 +32,8 @@ def check_chat(body: protocol.ChatRequest, limits: LimitArgs, model_name: str) -
     check_model(body.model, model_name)
     for i, message in enumerate(body.messages):
         _check_length(message.text, f"messages.{i}.content", limits)
-    _check_tokens(body.answer_tokens, "max_tokens", limits)
+    # the field the client sent: max_completion_tokens (OpenAI's newer name) wins over max_tokens
+    _check_tokens(body.answer_tokens, "max_completion_tokens" if body.max_completion_tokens else "max_tokens", limits)
     _check_tokens(body.candidate_max_tokens, "candidate_max_tokens", limits)
 
 

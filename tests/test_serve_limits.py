@@ -58,6 +58,8 @@ BOUNDARIES = [
     (chat, {"messages": turns(AT)}, {"messages": turns(OVER)}, 413, "messages.1.content", "text_too_long",
      "messages.1.content: 11 characters > the limit of 10"),
     (chat, {"max_tokens": 5}, {"max_tokens": 6}, 400, "max_tokens", "invalid_value", "max_tokens: 6 > the limit of 5"),
+    (chat, {"max_completion_tokens": 5}, {"max_completion_tokens": 6}, 400, "max_completion_tokens", "invalid_value",
+     "max_completion_tokens: 6 > the limit of 5"),
     (chat, {"candidate_max_tokens": 5}, {"candidate_max_tokens": 6}, 400, "candidate_max_tokens", "invalid_value",
      "candidate_max_tokens: 6 > the limit of 5"),
     (rank_and_fuse, {}, {"inputs": ["q0", "q1", "q2"], "candidates": [["a"], ["b"], ["c"]]}, 400, "inputs",
