@@ -25,7 +25,7 @@ from urg_ray import losses
 from urg_ray.baselines.base import Baseline, pad_rows
 from urg_ray.baselines.presets import BaselineConfig, fuser_tokenizer
 from urg_ray.data import Batch, Collator, Record, check_candidate_lists, quality
-from urg_ray.model import FusionResult, select_top_k
+from urg_ray.model import FusionResult, fused_all_note, fusion_top_k, select_top_k
 from urg_ray.positions import AbsolutePositions
 from urg_ray.presets import PRESETS, get_preset, t5_config
 
@@ -152,13 +152,10 @@ def rank_and_fuse(ranker, fuser: GenFuser, questions: Sequence[str], candidates:
                   top_k: int | None = None, max_new_tokens: int = 128, **generate_kwargs) -> list[FusionResult]:
     """LLM-Blender's pipeline: rank with a peer ranker, then GenFuser over the top-k texts.
     Returns the same `FusionResult`s as `URG.rank_and_fuse`."""
-    k = top_k or fuser.config.top_k
-    if k < 1:
-        raise ValueError(f"top_k must be >= 1, got {k}")
+    k = fusion_top_k(top_k, fuser.config.top_k)
     ranked = ranker.rank(questions, candidates)
     selected = [ranks[:k] for ranks in ranked.ranks]
     texts = fuser.fuse(questions, [[c[i] for i in sel] for c, sel in zip(candidates, selected)],
                        max_new_tokens=max_new_tokens, **generate_kwargs)
-    return [FusionResult(text, ranks, ranked.scores[b, : len(cands)].tolist(), sel,
-                         f"{len(cands)} candidates < top_k={k}: fused all {len(cands)}" if len(cands) < k else None)
+    return [FusionResult(text, ranks, ranked.scores[b, : len(cands)].tolist(), sel, fused_all_note(len(cands), k))
             for b, (text, ranks, sel, cands) in enumerate(zip(texts, ranked.ranks, selected, candidates))]

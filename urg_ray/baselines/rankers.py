@@ -30,7 +30,7 @@ from urg_ray.baselines.base import (Baseline, RankerBatch, RankerCollator, Ranke
 from urg_ray.baselines.presets import (CANDIDATE1_TOKEN, CANDIDATE2_TOKEN, CANDIDATE_TOKEN, SOURCE_TOKEN,
                                        BaselineConfig, add_ranker_tokens, deberta_config, get_ranker_preset,
                                        ranker_tokenizer)
-from urg_ray.model import RankResult, select_top_k
+from urg_ray.model import RankResult, ranks_by_score
 
 
 def _score_head(in_features: int, hidden: int, dropout: float = 0.1) -> nn.Sequential:
@@ -114,8 +114,7 @@ class CrossEncoderRanker(Baseline):
         """Rank each question's candidates (N may differ per question): scores (B, N_max) + ranks."""
         batch = self.collator.encode_pairs(questions, candidates).to(self.device)
         scores = self.rank_scores(batch, **kwargs).float()
-        order, _ = select_top_k(scores, batch.candidate_mask, scores.size(1))
-        return RankResult(scores.cpu(), [o[: len(c)].tolist() for o, c in zip(order, candidates)])
+        return RankResult(scores.cpu(), ranks_by_score(scores, batch.candidate_mask))
 
 
 class PairRanker(CrossEncoderRanker):
