@@ -26,7 +26,7 @@ from urg_ray import losses
 from urg_ray.config import LossConfig, ModelConfig
 from urg_ray.data import Batch, Collator
 from urg_ray.positions import POSITIONS_FILE, AbsolutePositions
-from urg_ray.presets import get_preset, pretrained_encoder_decoder, set_dropout, t5_config, tiny_tokenizer
+from urg_ray.presets import PRESETS, lookup_preset, pretrained_encoder_decoder, set_dropout, t5_config, tiny_tokenizer
 from urg_ray.protocol import RankerFuser
 from urg_ray.streaming import FALLBACK_NOTE, FusionStream, stop_then_fallback
 
@@ -173,13 +173,13 @@ class URG(RankerFuser):
 
     @classmethod
     def _preset_config(cls, name: str, random_init: bool) -> dict:
-        preset = get_preset(name) if "/" not in name else None
+        preset = lookup_preset(PRESETS, name)
         return {"preset": name, "random_init": random_init,
                 "absolute_positions": preset.absolute_positions if preset else False}
 
     @classmethod
     def _build_backbone(cls, config: ModelConfig, dtype: torch.dtype | None):
-        preset = get_preset(config.preset) if "/" not in config.preset else None
+        preset = lookup_preset(PRESETS, config.preset)
         if preset is not None and preset.encoder_dir is not None:
             return pretrained_encoder_decoder(preset, config.random_init, dtype)
         if preset is not None and (preset.hub_name is None or config.random_init):

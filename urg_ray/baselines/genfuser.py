@@ -27,7 +27,7 @@ from urg_ray.baselines.presets import BaselineConfig, fuser_tokenizer
 from urg_ray.data import Batch, Collator, Record, check_candidate_lists, quality
 from urg_ray.model import FusionResult, fused_all_note, fusion_top_k, select_top_k
 from urg_ray.positions import AbsolutePositions
-from urg_ray.presets import PRESETS, get_preset, t5_config
+from urg_ray.presets import PRESETS, lookup_preset, t5_config
 
 FUSE_INSTRUCTION = "Summarize candidates into a better one for the given instruction:"
 
@@ -109,13 +109,14 @@ class GenFuser(Baseline):
 
     @classmethod
     def _preset_config(cls, name: str, random_init: bool) -> dict:
+        preset = lookup_preset(PRESETS, name)
         return {**super()._preset_config(name, random_init),
-                "absolute_positions": bool(getattr(PRESETS.get(name), "absolute_positions", False))}
+                "absolute_positions": preset.absolute_positions if preset else False}
 
     @classmethod
     def _build_backbone(cls, config: BaselineConfig, dtype: torch.dtype | None):
         name = config.preset
-        preset = get_preset(name) if "/" not in name else None
+        preset = lookup_preset(PRESETS, name)
         if preset is not None and (preset.hub_name is None or config.random_init):
             tokenizer = fuser_tokenizer()
             return T5ForConditionalGeneration._from_config(t5_config(preset, vocab_size=len(tokenizer)),
