@@ -177,6 +177,8 @@ def test_bad_inputs_get_clear_errors(rankers, fuser):
         rankers[PairRanker].rank(["q"], [["a", "b"]], aggregation="borda")
     with pytest.raises(ValueError, match="unknown ranker preset 'nope'.*tiny.*deberta-v3-large"):
         PairRanker.from_pretrained("nope")
+    with pytest.raises(ValueError, match="unknown preset 'nope'.*tiny.*flan-t5-large.*flan-t5-xl"):
+        GenFuser.from_pretrained("nope")
     with pytest.raises(ValueError, match="sequences_per_cal"):
         PairRanker.from_pretrained("tiny", sequences_per_cal=3)
     with pytest.raises(ValueError, match="unknown baseline"):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutput
 
 from urg_ray import URG
-from urg_ray.model import URGOutput, gather_states, select_top_k, select_worst
+from urg_ray.model import URGOutput, gather_states, ranks_by_score, select_top_k, select_worst
 
 from conftest import make_record
 
@@ -89,6 +89,12 @@ def test_select_top_k_breaks_ties_by_index_and_flags_missing_candidates():
     assert top[0].tolist() == [1, 3, 0]
     assert top[1, :2].tolist() == [0, 1] and keep[1].tolist() == [True, True, False]
     assert select_worst(key, mask).tolist() == [0, 1]
+
+
+def test_ranks_by_score_lists_each_questions_own_candidates_best_first():
+    scores = torch.tensor([[0.2, 0.9, 0.2, 0.5], [3.0, 1.0, float("-inf"), float("-inf")]])
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    assert ranks_by_score(scores, mask) == [[1, 3, 0, 2], [0, 1]]
 
 
 def test_gather_states_concatenates_chosen_candidates_in_order():

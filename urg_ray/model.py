@@ -26,7 +26,7 @@ from urg_ray import losses
 from urg_ray.config import LossConfig, ModelConfig
 from urg_ray.data import Batch, Collator
 from urg_ray.positions import POSITIONS_FILE, AbsolutePositions
-from urg_ray.presets import get_preset, pretrained_encoder_decoder, set_dropout, t5_config, tiny_tokenizer
+from urg_ray.presets import PRESETS, lookup_preset, pretrained_encoder_decoder, set_dropout, t5_config, tiny_tokenizer
 from urg_ray.protocol import RankerFuser
 from urg_ray.streaming import FALLBACK_NOTE, FusionStream, stop_then_fallback
 
@@ -76,6 +76,26 @@ def select_top_k(key: torch.Tensor, candidate_mask: torch.Tensor, k: int) -> tup
     return top, candidate_mask.gather(1, top)
 
 
+def ranks_by_score(scores: torch.Tensor, candidate_mask: torch.Tensor) -> list[list[int]]:
+    """Per question, its real candidates' indices by score, best first, ties to the lower index.
+    scores, candidate_mask: (B, N_max); a question with N < N_max real candidates gets N indices."""
+    order, _ = select_top_k(scores, candidate_mask, scores.size(1))
+    return [o[:n].tolist() for o, n in zip(order, candidate_mask.sum(1).tolist())]
+
+
+def fusion_top_k(top_k: int | None, default: int) -> int:
+    """The k candidates to fuse: `top_k`, or the model's `default` when None; at least 1."""
+    k = top_k or default
+    if k < 1:
+        raise ValueError(f"top_k must be >= 1, got {k}")
+    return k
+
+
+def fused_all_note(n: int, k: int) -> str | None:
+    """A fusion result's note when a question has fewer candidates than k."""
+    return f"{n} candidates < top_k={k}: fused all {n}" if n < k else None
+
+
 def select_worst(key: torch.Tensor, candidate_mask: torch.Tensor) -> torch.Tensor:
     """Index of the lowest `key` among the real candidates of each row: (B,)."""
     return key.masked_fill(~candidate_mask, float("inf")).argmin(dim=-1)
@@ -92,6 +112,18 @@ def gather_states(states: torch.Tensor, mask: torch.Tensor, index: torch.Tensor,
     chosen = states.gather(1, index[:, :, None, None].expand(-1, -1, length, hidden))
     chosen_mask = mask.gather(1, index[:, :, None].expand(-1, -1, length)) * keep[:, :, None]
     return chosen.reshape(b, -1, hidden), chosen_mask.reshape(b, -1)
+
+
+@dataclass
+class _Ranking:
+    """What URG's inference methods share: the pairs' encoder states, their scores and ranks."""
+
+    states: torch.Tensor  # (B, N_max, L, H)
+    mask: torch.Tensor  # (B, N_max, L)
+    scores: torch.Tensor  # (B, N_max) s_i, -inf at padded slots
+    ranks: list[list[int]]  # per question: candidate indices, best first
+    top: torch.Tensor | None = None  # (B, min(k, N_max)) the top-k to fuse, best first
+    keep: torch.Tensor | None = None  # (B, min(k, N_max)) whether each is a real candidate
 
 
 def module_configs(module: nn.Module) -> list:
@@ -141,13 +173,13 @@ class URG(RankerFuser):
 
     @classmethod
     def _preset_config(cls, name: str, random_init: bool) -> dict:
-        preset = get_preset(name) if "/" not in name else None
+        preset = lookup_preset(PRESETS, name)
         return {"preset": name, "random_init": random_init,
                 "absolute_positions": preset.absolute_positions if preset else False}
 
     @classmethod
     def _build_backbone(cls, config: ModelConfig, dtype: torch.dtype | None):
-        preset = get_preset(config.preset) if "/" not in config.preset else None
+        preset = lookup_preset(PRESETS, config.preset)
         if preset is not None and preset.encoder_dir is not None:
             return pretrained_encoder_decoder(preset, config.random_init, dtype)
         if preset is not None and (preset.hub_name is None or config.random_init):
@@ -285,15 +317,22 @@ class URG(RankerFuser):
         return URGOutput(total, rank, kl, ce, scores)
 
     # ---- the public inference API -------------------------------------------------------
-    @torch.no_grad()
-    def rank(self, questions: Sequence[str], candidates: Sequence[Sequence[str]]) -> RankResult:
-        """Rank each question's candidates (N may differ per question): scores (B, N_max) + ranks."""
+    def _ranked(self, questions: Sequence[str], candidates: Sequence[Sequence[str]], k: int | None = None) -> _Ranking:
+        """The one inference path of rank, rank_and_fuse and stream_fuse: encode the pairs (eq. 1),
+        score (eq. 5-6) and rank them; with `k`, also choose the top-k to fuse."""
         batch = self.collator.encode_pairs(questions, candidates).to(self.device)
         states, mask = self.encode(batch)
         scores = self.rank_scores(states, mask, batch.candidate_mask)
-        order, _ = select_top_k(scores, batch.candidate_mask, scores.size(1))
-        ranks = [o[: len(c)].tolist() for o, c in zip(order, candidates)]
-        return RankResult(scores.cpu(), ranks)
+        ranking = _Ranking(states, mask, scores, ranks_by_score(scores, batch.candidate_mask))
+        if k is not None:
+            ranking.top, ranking.keep = select_top_k(scores, batch.candidate_mask, k)
+        return ranking
+
+    @torch.no_grad()
+    def rank(self, questions: Sequence[str], candidates: Sequence[Sequence[str]]) -> RankResult:
+        """Rank each question's candidates (N may differ per question): scores (B, N_max) + ranks."""
+        ranking = self._ranked(questions, candidates)
+        return RankResult(ranking.scores.cpu(), ranking.ranks)
 
     @torch.no_grad()
     def compare(self, questions: str | Sequence[str], candidates_a: str | Sequence[str],
@@ -324,24 +363,20 @@ class URG(RankerFuser):
         (`streaming.stop_then_fallback`, as Serve's answers) and says so in `note`; evaluation
         keeps it off to score fusion alone.
         """
-        k = top_k or self.config.top_k
-        if k < 1:
-            raise ValueError(f"top_k must be >= 1, got {k}")
-        batch = self.collator.encode_pairs(questions, candidates).to(self.device)
-        states, mask = self.encode(batch)
-        scores = self.rank_scores(states, mask, batch.candidate_mask)
-        order, _ = select_top_k(scores, batch.candidate_mask, scores.size(1))
-        top, keep = select_top_k(scores, batch.candidate_mask, k)
-        texts = self._generate(*gather_states(states, mask, top, keep), max_new_tokens, **generate_kwargs)
+        k = fusion_top_k(top_k, self.config.top_k)
+        ranking = self._ranked(questions, candidates, k)
+        top, keep = ranking.top, ranking.keep
+        texts = self._generate(*gather_states(ranking.states, ranking.mask, top, keep), max_new_tokens,
+                               **generate_kwargs)
         results = []
-        for b, cands in enumerate(candidates):
+        for b, (cands, ranks) in enumerate(zip(candidates, ranking.ranks)):
             n = len(cands)
-            notes = [f"{n} candidates < top_k={k}: fused all {n}"] if n < k else []
-            text, fell_back = stop_then_fallback(texts[b], (), cands[int(order[b, 0])] if empty_fallback else None)
+            notes = [fused_all_note(n, k)]
+            text, fell_back = stop_then_fallback(texts[b], (), cands[ranks[0]] if empty_fallback else None)
             if fell_back:
                 notes.append(FALLBACK_NOTE)
-            results.append(FusionResult(text, order[b, :n].tolist(), scores[b, :n].tolist(),
-                                        top[b][keep[b]].tolist(), "; ".join(notes) or None))
+            results.append(FusionResult(text, ranks, ranking.scores[b, :n].tolist(), top[b][keep[b]].tolist(),
+                                        "; ".join(filter(None, notes)) or None))
         return results
 
     @torch.no_grad()
@@ -351,18 +386,13 @@ class URG(RankerFuser):
         """`rank_and_fuse` for one question, its answer streamed: ranks here (the ranking step
         under its lock), then generates in a thread; iterate the FusionStream for text pieces.
         Joined, they equal `rank_and_fuse`'s text cut before the first `stop` string and stripped."""
-        k = top_k or self.config.top_k
-        if k < 1:
-            raise ValueError(f"top_k must be >= 1, got {k}")
-        batch = self.collator.encode_pairs([question], [candidates]).to(self.device)
-        states, mask = self.encode(batch)
-        scores = self.rank_scores(states, mask, batch.candidate_mask)
-        order, _ = select_top_k(scores, batch.candidate_mask, scores.size(1))
-        top, keep = select_top_k(scores, batch.candidate_mask, k)
+        k = fusion_top_k(top_k, self.config.top_k)
+        ranking = self._ranked([question], [candidates], k)
+        top, keep = ranking.top, ranking.keep
         n = len(candidates)
-        ranking = FusionResult("", order[0, :n].tolist(), scores[0, :n].tolist(), top[0][keep[0]].tolist(),
-                               f"{n} candidates < top_k={k}: fused all {n}" if n < k else None)
-        return FusionStream(self, *gather_states(states, mask, top, keep), candidates, ranking, stop,
+        result = FusionResult("", ranking.ranks[0], ranking.scores[0, :n].tolist(), top[0][keep[0]].tolist(),
+                              fused_all_note(n, k))
+        return FusionStream(self, *gather_states(ranking.states, ranking.mask, top, keep), candidates, result, stop,
                             empty_fallback, max_new_tokens, generate_kwargs)
 
     @torch.no_grad()

@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping, TypeVar
 
 from transformers import PreTrainedTokenizerFast, T5Config
 
@@ -22,6 +22,7 @@ from urg_ray.data import QUESTION_TOKEN, RESPONSE_TOKEN
 
 TINY_TOKENIZER = Path(__file__).parent / "assets" / "tiny-tokenizer.json"
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", QUESTION_TOKEN, RESPONSE_TOKEN]  # ids 0..4, as T5 orders them
+AnyPreset = TypeVar("AnyPreset")
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,15 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        known = ", ".join(f"{k} ({p.description})" for k, p in PRESETS.items())
-        raise ValueError(f"unknown preset {name!r} and no such folder; presets: {known}")
-    return PRESETS[name]
+def lookup_preset(table: Mapping[str, AnyPreset], name: str, kind: str = "preset") -> AnyPreset | None:
+    """`table[name]`, or None for a Hugging Face model id ("org/model"). Any other name is a
+    ValueError listing the presets of `table`; `kind` names them ("preset", "ranker preset")."""
+    if "/" in name:
+        return None
+    if name not in table:
+        known = ", ".join(f"{k} ({p.description})" for k, p in table.items())
+        raise ValueError(f"unknown {kind} {name!r} and no such folder; presets: {known}")
+    return table[name]
 
 
 def resolve_urg_source(model: str | os.PathLike, fallback_preset: str | None = "tiny") -> str:

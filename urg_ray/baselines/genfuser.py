@@ -25,9 +25,9 @@ from urg_ray import losses
 from urg_ray.baselines.base import Baseline, pad_rows
 from urg_ray.baselines.presets import BaselineConfig, fuser_tokenizer
 from urg_ray.data import Batch, Collator, Record, as_records, check_candidate_lists, quality_matrix
-from urg_ray.model import FusionResult, select_top_k
+from urg_ray.model import FusionResult, fused_all_note, fusion_top_k, select_top_k
 from urg_ray.positions import AbsolutePositions
-from urg_ray.presets import PRESETS, get_preset, t5_config
+from urg_ray.presets import PRESETS, lookup_preset, t5_config
 
 FUSE_INSTRUCTION = "Summarize candidates into a better one for the given instruction:"
 
@@ -105,13 +105,14 @@ class GenFuser(Baseline):
 
     @classmethod
     def _preset_config(cls, name: str, random_init: bool) -> dict:
+        preset = lookup_preset(PRESETS, name)
         return {**super()._preset_config(name, random_init),
-                "absolute_positions": bool(getattr(PRESETS.get(name), "absolute_positions", False))}
+                "absolute_positions": preset.absolute_positions if preset else False}
 
     @classmethod
     def _build_backbone(cls, config: BaselineConfig, dtype: torch.dtype | None):
         name = config.preset
-        preset = get_preset(name) if "/" not in name else None
+        preset = lookup_preset(PRESETS, name)
         if preset is not None and (preset.hub_name is None or config.random_init):
             tokenizer = fuser_tokenizer()
             return T5ForConditionalGeneration._from_config(t5_config(preset, vocab_size=len(tokenizer)),
@@ -148,13 +149,10 @@ def rank_and_fuse(ranker, fuser: GenFuser, questions: Sequence[str], candidates:
                   top_k: int | None = None, max_new_tokens: int = 128, **generate_kwargs) -> list[FusionResult]:
     """LLM-Blender's pipeline: rank with a peer ranker, then GenFuser over the top-k texts.
     Returns the same `FusionResult`s as `URG.rank_and_fuse`."""
-    k = top_k or fuser.config.top_k
-    if k < 1:
-        raise ValueError(f"top_k must be >= 1, got {k}")
+    k = fusion_top_k(top_k, fuser.config.top_k)
     ranked = ranker.rank(questions, candidates)
     selected = [ranks[:k] for ranks in ranked.ranks]
     texts = fuser.fuse(questions, [[c[i] for i in sel] for c, sel in zip(candidates, selected)],
                        max_new_tokens=max_new_tokens, **generate_kwargs)
-    return [FusionResult(text, ranks, ranked.scores[b, : len(cands)].tolist(), sel,
-                         f"{len(cands)} candidates < top_k={k}: fused all {len(cands)}" if len(cands) < k else None)
+    return [FusionResult(text, ranks, ranked.scores[b, : len(cands)].tolist(), sel, fused_all_note(len(cands), k))
             for b, (text, ranks, sel, cands) in enumerate(zip(texts, ranked.ranks, selected, candidates))]

@@ -102,13 +102,6 @@ RANKER_PRESETS: dict[str, RankerPreset] = {
 }
 
 
-def get_ranker_preset(name: str) -> RankerPreset:
-    if name not in RANKER_PRESETS:
-        known = ", ".join(f"{k} ({p.description})" for k, p in RANKER_PRESETS.items())
-        raise ValueError(f"unknown ranker preset {name!r} and no such folder; presets: {known}")
-    return RANKER_PRESETS[name]
-
-
 def deberta_config(preset: RankerPreset, vocab_size: int) -> DebertaV2Config:
     return DebertaV2Config(**{**preset.deberta, "vocab_size": vocab_size}, pad_token_id=0)
 

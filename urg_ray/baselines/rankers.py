@@ -28,9 +28,10 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, DebertaV2Model
 from urg_ray.baselines.aggregation import bubble_pass, bubble_scores, max_logits, max_wins
 from urg_ray.baselines.base import (Baseline, RankerBatch, RankerCollator, RankerOutput, pack_segments, token)
 from urg_ray.baselines.presets import (CANDIDATE1_TOKEN, CANDIDATE2_TOKEN, CANDIDATE_TOKEN, SOURCE_TOKEN,
-                                       BaselineConfig, add_ranker_tokens, deberta_config, get_ranker_preset,
+                                       RANKER_PRESETS, BaselineConfig, add_ranker_tokens, deberta_config,
                                        ranker_tokenizer)
-from urg_ray.model import RankResult, select_top_k
+from urg_ray.model import RankResult, ranks_by_score
+from urg_ray.presets import lookup_preset
 
 
 def _score_head(in_features: int, hidden: int, dropout: float = 0.1) -> nn.Sequential:
@@ -56,7 +57,7 @@ class CrossEncoderRanker(Baseline):
     @classmethod
     def _build_backbone(cls, config: BaselineConfig, dtype: torch.dtype | None):
         name = config.preset
-        preset = get_ranker_preset(name) if "/" not in name else None
+        preset = lookup_preset(RANKER_PRESETS, name, "ranker preset")
         if preset is not None and preset.encoder_dir is None and (preset.hub_name is None or config.random_init):
             tokenizer = ranker_tokenizer()
             return DebertaV2Model(deberta_config(preset, len(tokenizer))), tokenizer
@@ -114,8 +115,7 @@ class CrossEncoderRanker(Baseline):
         """Rank each question's candidates (N may differ per question): scores (B, N_max) + ranks."""
         batch = self.collator.encode_pairs(questions, candidates).to(self.device)
         scores = self.rank_scores(batch, **kwargs).float()
-        order, _ = select_top_k(scores, batch.candidate_mask, scores.size(1))
-        return RankResult(scores.cpu(), [o[: len(c)].tolist() for o, c in zip(order, candidates)])
+        return RankResult(scores.cpu(), ranks_by_score(scores, batch.candidate_mask))
 
 
 class PairRanker(CrossEncoderRanker):
