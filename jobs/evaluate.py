@@ -9,9 +9,11 @@ correlations), URG fusion, and NAME-Gen for every --ranker: its top-k fused by e
 (PairRanker-Gen is LLM-Blender). `--robustness` adds URG Table 5 for every URG and fuser given.
 `--bounds` (synthetic data, with the facts file make_data wrote beside it) adds each URG fusing
 its top-1 alone (NAME (k=1)) and the bound rows of urg_ray.evaluation (style-stripped oracle and
-top-1 of each URG's ranking, ideal fusions). `--paired A=B` adds a paired bootstrap interval of
-row A minus row B. Writes DIR/eval.json, DIR/eval_records.json (per-record scores), DIR/eval.md,
-DIR/eval.png (and DIR/robustness.png).
+top-1 of each URG's ranking, ideal fusions), and a table of where each fused row's right facts
+come from: the candidates it was shown, other candidates, or none (its memory of the world); give
+the world's knobs with `--synthetic` as to make_data. `--paired A=B` adds a paired bootstrap
+interval of row A minus row B. Writes DIR/eval.json, DIR/eval_records.json (per-record scores,
+fused texts and the candidates each fusion was shown), DIR/eval.md, DIR/eval.png (and DIR/robustness.png).
 
 Runs with different seeds, summarised (mean ± std, pooled and per-run paired intervals):
 
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bounds", action="store_true", help="NAME (k=1) for each URG and the bound rows from "
                         "the synthetic world's latent facts (see --facts)")
     parser.add_argument("--facts", help="the test file's facts (default: TEST.facts.jsonl beside TEST.jsonl)")
+    parser.add_argument("--synthetic", metavar="YAML", help="with --bounds: the SyntheticConfig fields make_data was "
+                        "given (e.g. jobs/configs/study-synthetic.yaml), the world the fused answers' facts are read in")
     parser.add_argument("--paired", action="append", default=[], metavar="A=B",
                         help="a paired bootstrap interval of row A minus row B (repeatable)")
     parser.add_argument("--summarize", nargs="+", metavar="FOLDER",
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise ValueError(f"--paired {a}={b}: no row {unknown[0]!r} among "
                                  f"{sorted(planned_rows(named, args.bounds) | models)}")
-        world = load_world(args.facts, test_file, records) if args.bounds else {}
+        world, facts, knobs = load_world(args.facts, args.synthetic, test_file, records) if args.bounds else ({}, {}, None)
     except (*INPUT_ERRORS, ValueError) as err:
         return bad_input(err)
 
@@ -146,17 +150,19 @@ def main(argv: list[str] | None = None) -> int:
                    bartscore_model=args.bartscore_model or "tiny-bart")
     ev.add_reference_rows()
     generate = {"max_new_tokens": args.max_new_tokens}
+
+    def add_fused(name: str, results) -> None:  # FusionResults: the texts and the candidates each fusion was shown
+        ev.add_fusion(name, [r.text for r in results], shown=[r.selected for r in results])
     top_k = 3  # of the ideal fusions: the first URG's k
     for i, (name, path) in enumerate(named["urg"]):
         model = load_model(path)
         top_k = model.config.top_k if i == 0 else top_k
         print(f"[evaluate] {name}: ranking and fusing", flush=True)
         ev.add_ranker(f"{name}-rank", model)
-        ev.add_fusion(name, ev.fuse_in_batches(
-            lambda q, c: [r.text for r in model.rank_and_fuse(q, c, **generate)], ev.candidates))
+        add_fused(name, ev.fuse_in_batches(lambda q, c: model.rank_and_fuse(q, c, **generate), ev.candidates))
         if args.bounds:  # the same model fusing its top-1 alone: does fusing k candidates add anything?
-            ev.add_fusion(f"{name} (k=1)", ev.fuse_in_batches(
-                lambda q, c: [r.text for r in model.rank_and_fuse(q, c, top_k=1, **generate)], ev.candidates))
+            add_fused(f"{name} (k=1)", ev.fuse_in_batches(
+                lambda q, c: model.rank_and_fuse(q, c, top_k=1, **generate), ev.candidates))
         if args.robustness:
             ev.add_robustness(name, lambda q, c: model.fuse(q, c, **generate))
     rankers = [(name, load_model(path)) for name, path in named["ranker"]]
@@ -168,13 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         for ranker_name, ranker in rankers:  # NAME-Gen: the ranker's top-k fused (PairRanker-Gen: LLM-Blender)
             row = f"{ranker_name}-Gen" + (f" ({name})" if len(named["fuser"]) > 1 else "")
             print(f"[evaluate] {row}: {ranker_name}'s top-k fused by {name}", flush=True)
-            ev.add_fusion(row, ev.fuse_in_batches(
-                lambda q, c: [r.text for r in rank_and_fuse(ranker, fuser, q, c, **generate)], ev.candidates))
+            add_fused(row, ev.fuse_in_batches(lambda q, c: rank_and_fuse(ranker, fuser, q, c, **generate), ev.candidates))
         if args.robustness:
             ev.add_robustness(name, lambda q, c: fuser.fuse(q, c, **generate))
     if args.bounds:
         print("[evaluate] bounds from the latent facts", flush=True)
         ev.add_bounds(world, top_k=top_k, rankers=[f"{name}-rank" for name, _ in named["urg"]])
+        ev.add_fact_sources(facts, knobs)
     for a, b in paired:
         ev.add_paired(a, b)
     for path in ev.write(args.out):
@@ -182,15 +188,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_world(facts_file: str | None, test_file: str, records) -> dict:
-    """Record id -> SyntheticExample from the facts file beside the test file (make_data writes it)."""
-    from urg_ray.synthetic_facts import attach_facts, facts_path, read_facts
+def load_world(facts_file: str | None, synthetic: str | None, test_file: str, records) -> tuple[dict, dict, object]:
+    """Record id -> SyntheticExample from the facts file beside the test file (make_data writes it),
+    the facts file read, and the SyntheticConfig of its world (`--synthetic`, checked against the facts)."""
+    from make_data import knobs_file
+
+    from urg_ray.synthetic import world_from_knobs
+    from urg_ray.synthetic_facts import attach_facts, facts_path, read_facts, world_mismatch
 
     path = facts_file or facts_path(test_file)
     if not Path(path).is_file():
         raise ConfigError(f"--bounds: no facts file {path} (jobs/make_data.py writes it beside the test file; "
                           f"or give --facts)")
+    config = world_from_knobs(knobs_file(synthetic) if synthetic else {})
     facts = read_facts(path)
+    mismatch = world_mismatch({r.id: facts[r.id] for r in records if r.id in facts}, config)
+    if mismatch:
+        raise ConfigError(f"--bounds: {path}: {mismatch}; give --synthetic the knobs jobs/make_data.py made it with"
+                          + (f" (not {synthetic})" if synthetic else ""))
     world = {}
     for r in records:
         if r.id not in facts:
@@ -199,7 +214,7 @@ def load_world(facts_file: str | None, test_file: str, records) -> dict:
             world[r.id] = attach_facts(r.model_dump(), facts[r.id])
         except ValueError as err:
             raise DataError(f"{path}: {err}") from None
-    return world
+    return world, facts, config
 
 
 if __name__ == "__main__":

@@ -16,33 +16,6 @@ class ReportError(RuntimeError):
     pass
 
 
-def fact_sources(texts: dict[str, list[str]], ids: list[str], facts: dict[str, dict], world) -> dict[str, dict]:
-    """Per fused row (texts: row -> [per test record], in `ids` order): the share of the reference's
-    facts it states (`stated_facts` in `world`) and, of those, the share that no candidate states (a
-    fact the fuser remembers, or one it put together from a candidate's object and the question's
-    verb); beside them the same share for the best single candidate and for all candidates together
-    (the most a fuser copying whole facts can state)."""
-    from urg_ray.synthetic import Fact
-    from urg_ray.synthetic_facts import stated_facts
-
-    found: dict[str, dict] = {}
-    absent = [i for i in ids if i not in facts]
-    if absent or any(len(row) != len(ids) for row in texts.values()):
-        raise ValueError(f"no facts for test record {absent[0]!r}" if absent else
-                         f"{len(ids)} test records but fused rows of {sorted({len(r) for r in texts.values()})}")
-    lines = [facts[i] for i in ids]
-    refs = [{Fact(*f) for f in line["reference_facts"]} for line in lines]
-    said = [[{Fact(*f) for f in c} & ref for c in line["candidate_facts"]] for line, ref in zip(lines, refs)]
-    share = lambda hits: round(sum(len(h) / max(1, len(r)) for h, r in zip(hits, refs)) / max(1, len(refs)), 4)  # noqa: E731
-    found["best candidate"] = {"stated": share([max(c, key=len, default=set()) for c in said])}
-    found["any candidate"] = {"stated": share([set().union(*c) for c in said])}
-    for name, row in texts.items():
-        right = [set(stated_facts(t, tuple(line["topics"]), world)) & ref for t, line, ref in zip(row, lines, refs)]
-        own = sum(len(h - set().union(*c)) for h, c in zip(right, said))
-        found[name] = {"stated": share(right), "in_no_candidate": round(own / max(1, sum(map(len, right))), 4)}
-    return found
-
-
 def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
     """results/README.md (+ eval.json, llms.md): the test table, URG vs its best member with a
     paired bootstrap interval per metric, and each LLM's answers per task."""
@@ -87,22 +60,27 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
               "| row | metric | mean difference | 95% interval |", "|---|---|---|---|"]
     lines += [f"| {row} | {m} | {b['mean']:+.4g} | [{b['low']:+.4g}, {b['high']:+.4g}] |" for (row, m), b in margins.items()]
     if records.get("texts") and (d / "scored" / "test.facts.jsonl").is_file():
+        from urg_ray.evaluation_report import fact_sources_markdown
         from urg_ray.synthetic import world_from_knobs
-        from urg_ray.synthetic_facts import read_facts
+        from urg_ray.synthetic_facts import fact_sources, read_facts
 
         facts_file = d / "scored" / "test.facts.jsonl"
         try:
-            sources = fact_sources(records["texts"], records["ids"], read_facts(facts_file), world_from_knobs(cfg.synthetic))
+            sources = fact_sources(records["texts"], records["ids"], read_facts(facts_file), world_from_knobs(cfg.synthetic),
+                                   shown=records.get("shown"))
         except ValueError as err:
             raise ReportError(f"{facts_file} and {d / 'eval' / 'eval_records.json'}: {err}") from None
-        lines += ["", "## Where the fused answers' facts come from", "",
-                  "Share of the reference's facts stated (`urg_ray.synthetic_facts.stated_facts`), per test question, "
-                  "averaged; for a fused row, the share of its right facts that no candidate of the question states "
-                  "(at most what the fuser remembers of its training references: some it may have put together from "
-                  "a candidate's object and the question's verb).", "",
-                  "| row | reference facts stated | of them, in no candidate |", "|---|---|---|"]
-        lines += [f"| {name} | {s['stated']:.3f} | " + (f"{s['in_no_candidate']:.3f}" if "in_no_candidate" in s else "")
-                  + " |" for name, s in sources.items()]
+        if records.get("shown"):  # the indices each fusion was shown: the table of eval.md
+            lines += ["", *fact_sources_markdown(sources, level="##")]
+        else:
+            lines += ["", "## Where the fused answers' facts come from", "",
+                      "Share of the reference's facts stated (`urg_ray.synthetic_facts.stated_facts`), per test question, "
+                      "averaged; for a fused row, the share of its right facts that no candidate of the question states "
+                      "(at most what the fuser remembers of its training references: some it may have put together from "
+                      "a candidate's object and the question's verb).", "",
+                      "| row | reference facts stated | of them, in no candidate |", "|---|---|---|"]
+            lines += [f"| {name} | {s['stated']:.3f} | " + (f"{s['in_no_candidate']:.3f}" if "in_no_candidate" in s else "")
+                      + " |" for name, s in sources.items()]
     llms = json.loads((d / "llms" / "llms_summary.json").read_text())
     lines += ["", "## The candidate LLMs (jobs/train_llms.py), on held-out synthetic questions", "",
               "Sampled at temperature 1 (the transformers engine of urg_ray.llms); BLEU per task. Full: [llms.md](llms.md).", "",

@@ -114,6 +114,9 @@ def test_evaluate_job_writes_every_row_and_column(tmp_path):
     assert all(set(r["scores"]) == set(metric_names) for r in data["rows"])
     assert set(data["rows"][names.index("URG-rank")]["correlation"]) == {"pearson", "spearman", "footrule"}
     assert set(data["robustness"]) == {"URG", "GenFuser"}
+    shown = json.loads((out / "eval_records.json").read_text())["shown"]  # each fusion's top-3 of the 3 candidates
+    assert {name: [sorted(s) for s in per] for name, per in shown.items()} == {"URG": [[0, 1, 2]] * 3,
+                                                                            "PairRanker-Gen": [[0, 1, 2]] * 3}
     markdown = (out / "eval.md").read_text()
     for header in ("BLEU", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "BERTScore", "Pearson", "Spearman", "Footrule"):
         assert header in markdown
@@ -319,3 +322,53 @@ def test_summary_over_seeds_by_hand():
     other[1]["ids"] = ["a", "b", "x"]
     with pytest.raises(ValueError, match="other test records"):
         summarize_runs([runs[0][0], other[0]], [runs[0][1], other[1]])
+
+
+def test_fusion_rows_keep_the_candidates_they_were_shown_and_where_their_facts_come_from(tmp_path):
+    from urg_ray.synthetic import TOPICS, SyntheticConfig, _topic_pool, render_reference
+
+    topic = TOPICS[0]
+    a = _topic_pool(topic, SyntheticConfig())
+    row = lambda *facts: [[f.subject, f.verb, f.rest] for f in facts]  # noqa: E731
+    facts = {f"r{i}": {"topics": [topic], "reference_facts": row(a[0], a[1]), "candidate_facts": [row(a[0]), row(a[1]), []]}
+             for i in range(3)}
+    ev = Evaluator(_records(), score_keys=["bleu"], metric_names=("bleu",))
+    both = render_reference("define", (topic,), (a[0], a[1]))
+    ev.add_fusion("F", [both] * 3, shown=[[0]] * 3)  # shown candidate 0 (a0); states a1 too, candidate 1's
+    ev.add_fusion("G", ["nothing said"] * 3)
+    with pytest.raises(ValueError, match="row 'H': shown candidates for 2 records, the table has 3"):
+        ev.add_fusion("H", [both] * 3, shown=[[0]] * 2)
+    ev.add_fact_sources(facts)
+    ev.write(tmp_path)
+    saved = json.loads((tmp_path / "eval_records.json").read_text())
+    assert saved["shown"] == {"F": [[0], [0], [0]]} and set(saved["texts"]) == {"F", "G"}
+    sources = json.loads((tmp_path / "eval.json").read_text())["fact_sources"]
+    assert sources["F"] == {"stated": 1.0, "shown_hold": 0.5, "from_shown": 0.5, "from_other_candidates": 0.5,
+                            "in_no_candidate": 0.0}
+    assert sources["G"] == {"stated": 0.0, "in_no_candidate": 0.0}
+    markdown = (tmp_path / "eval.md").read_text()
+    assert "## Where the fused answers' facts come from" in markdown and "memory of the world" in markdown
+    assert "| F | 1.000 | 0.500 | 0.500 | 0.500 | 0.000 |" in markdown
+    assert "| G | 0.000 |  |  |  | 0.000 |" in markdown and "| any candidate | 1.000 |  |  |  |  |" in markdown
+
+
+def test_summary_averages_where_the_facts_come_from_when_every_run_has_it():
+    from urg_ray.evaluation import summarize_runs
+    from urg_ray.evaluation_report import write_summary_markdown
+
+    def run(stated: float, from_shown: float | None):
+        urg = {"stated": stated, "in_no_candidate": 0.1} | ({"from_shown": from_shown} if from_shown is not None else {})
+        return ({"metrics": ["bleu"], "robustness": {}, "fact_sources": {"any candidate": {"stated": 0.8}, "URG": urg},
+                 "rows": [{"name": "URG", "kind": "fusion", "scores": {"bleu": 1.0}, "correlation": {}}]},
+                {"ids": ["a"], "rows": {"URG": {"bleu": [1.0]}}})
+
+    runs = [run(0.5, 0.9), run(0.7, 0.7), run(0.6, None)]  # the last run has no shown indices for URG
+    summary = summarize_runs([r for r, _ in runs], [p for _, p in runs])
+    urg = summary["fact_sources"]["URG"]
+    assert urg["n_runs"] == 3 and urg["stated"]["mean"] == pytest.approx(0.6)
+    assert urg["stated"]["std"] == pytest.approx(0.1)  # 0.5, 0.7, 0.6: sample std
+    assert set(urg) == {"n_runs", "stated", "in_no_candidate"}  # from_shown: not in every run, not averaged
+    assert summary["fact_sources"]["any candidate"]["stated"] == {"mean": pytest.approx(0.8), "std": pytest.approx(0.0)}
+    assert "| URG | 3 | 0.600 ± 0.100 |  |  |  | 0.100 ± 0.000 |" in write_summary_markdown(summary)
+    runs[2][0].pop("fact_sources")  # a run evaluated without the facts: no table
+    assert "fact_sources" not in summarize_runs([r for r, _ in runs], [p for _, p in runs])

@@ -99,6 +99,7 @@ def test_study_evaluates_each_seed_on_one_test_set_with_bounds_and_summarises(tm
     assert [c[c.index("--out") + 1] for c in evaluations] == [str(tmp_path / f"results/seed{s}") for s in range(3)]
     for seed, cmd in enumerate(evaluations):
         assert {"--bounds", "--robustness"} <= set(cmd) and "--test-file" not in cmd and "--max-records" not in cmd
+        assert cmd[cmd.index("--synthetic") + 1] == "jobs/configs/study-synthetic.yaml"  # the facts' world, as make_data
         assert load_config(ROOT / cmd[cmd.index("--config") + 1], _sets(cmd)).data.test_file == "data/study2/test.jsonl"
         given = [cmd[i + 1] for i, w in enumerate(cmd) if w in ("--urg", "--ranker", "--fuser")]
         assert {f"URG={tmp_path}/out/urg-s{seed}/model", f"PairRanker={tmp_path}/out/pair_ranker-s{seed}/model",
@@ -125,7 +126,8 @@ def test_evaluate_job_bounds_paired_and_summary_on_synthetic_data(tmp_path):
         cls.from_pretrained("tiny").save_pretrained(tmp_path / name)
     base = [sys.executable, "jobs/evaluate.py", "--test-file", str(test_file), "--set", "data.score_keys=[bleu]",
             "--metrics", "bleu", "--urg", f"URG={tmp_path / 'urg'}", "--ranker", f"PairRanker={tmp_path / 'pair'}",
-            "--fuser", f"GenFuser={tmp_path / 'fuser'}", "--max-new-tokens", "4", "--bounds"]
+            "--fuser", f"GenFuser={tmp_path / 'fuser'}", "--max-new-tokens", "4", "--bounds",
+            "--synthetic", "jobs/configs/study-synthetic.yaml"]
     proc = subprocess.run([*base, "--paired", "URG=PairRanker-Gen", "--out", str(tmp_path / "seed0")], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -137,15 +139,27 @@ def test_evaluate_job_bounds_paired_and_summary_on_synthetic_data(tmp_path):
     ideal = bleu([synthetic.ideal_fusion(ex, top_k=3) for ex in examples], refs)
     assert rows["Ideal fusion, true top-3"]["scores"]["bleu"] == pytest.approx(sum(ideal) / len(ideal))
     assert [(p["a"], p["b"]) for p in data["paired"]] == [("URG", "PairRanker-Gen")]
+    shown = json.loads((tmp_path / "seed0/eval_records.json").read_text())["shown"]
+    assert {len(s) for s in shown["URG"]} == {3} and {len(s) for s in shown["URG (k=1)"]} == {1}
+    assert {len(s) for s in shown["PairRanker-Gen"]} == {3}
+    sources = data["fact_sources"]
+    assert list(sources) == ["best candidate", "any candidate", "URG", "URG (k=1)", "PairRanker-Gen"]
+    assert all({"stated", "shown_hold", "from_shown", "from_other_candidates", "in_no_candidate"} == set(sources[n])
+               for n in ("URG", "URG (k=1)", "PairRanker-Gen"))
+    assert "Where the fused answers' facts come from" in (tmp_path / "seed0/eval.md").read_text()
     summary = subprocess.run([sys.executable, "jobs/evaluate.py", "--summarize", str(tmp_path / "seed0"),
                               str(tmp_path / "seed0"), "--paired", "URG=PairRanker-Gen", "--out", str(tmp_path)],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert summary.returncode == 0, summary.stderr
-    assert json.loads((tmp_path / "summary.json").read_text())["rows"][0]["n_runs"] == 2
+    summarized = json.loads((tmp_path / "summary.json").read_text())
+    assert summarized["rows"][0]["n_runs"] == 2 and summarized["fact_sources"]["URG"]["stated"]["std"] == 0.0
     # a typo in --paired, or bounds without a facts file, fail before any model is loaded
     bad = subprocess.run([*base, "--paired", "URG=PairRanker-gen", "--out", str(tmp_path / "bad")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no row 'PairRanker-gen'" in bad.stderr
+    default_world = subprocess.run([*base[:-2], "--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True,
+                                   text=True, timeout=120)  # the facts read in the default world: misread, refused
+    assert default_world.returncode == 2 and "is no fact of the synthetic world" in default_world.stderr
     Path(synthetic_facts.facts_path(test_file)).unlink()
     missing = subprocess.run([*base, "--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no facts file" in missing.stderr

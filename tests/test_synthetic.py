@@ -233,6 +233,46 @@ def test_facts_file_round_trip_and_mismatch(tmp_path):
         synthetic_facts.read_facts(path)
 
 
+def _facts_line(topic: str, reference: list, candidates: list[list]) -> dict:
+    rows = lambda facts: [[f.subject, f.verb, f.rest] for f in facts]  # noqa: E731
+    return {"topics": [topic], "reference_facts": rows(reference), "candidate_facts": [rows(c) for c in candidates]}
+
+
+def test_fact_sources_split_right_facts_into_shown_other_and_no_candidate():
+    world = synthetic.SyntheticConfig()
+    t0, t1 = synthetic.TOPICS[:2]
+    a, b = (synthetic._topic_pool(t, world) for t in (t0, t1))
+    facts = {"r1": _facts_line(t0, [a[0], a[1], a[2], a[3]], [[a[0], a[5]], [a[1]], [a[2]]]),  # a[5]: a wrong fact
+             "r2": _facts_line(t1, [b[0], b[1]], [[b[0]], [], []]),
+             "r3": _facts_line(t1, [b[2], b[3], b[4]], [[b[2], b[3]], [b[4]], []])}
+    fused = [synthetic.render_reference("list", (t0,), (a[0], a[1], a[2], a[4])),  # 3 right, a[4] not asked
+             synthetic.render_reference("define", (t1,), (b[0], b[1])),
+             synthetic.render_reference("define", (t1,), (b[2],))]
+    shown = [[0, 1], [1, 2], [0]]
+    found = synthetic_facts.fact_sources({"URG": fused, "Other": fused}, ["r1", "r2", "r3"], facts, world,
+                                         shown={"URG": shown})
+    # right facts: r1 a0, a1 (shown), a2 (candidate 2, not shown); r2 b0 (candidate 0, not shown), b1 (none);
+    # r3 b2 (shown): 6 in all, 3 from shown candidates, 2 from others, 1 from none
+    assert found["URG"] == {"stated": round((3 / 4 + 2 / 2 + 1 / 3) / 3, 4),
+                            "shown_hold": round((2 / 4 + 0 / 2 + 2 / 3) / 3, 4),  # r1 a0, a1; r2 none; r3 b2, b3
+                            "from_shown": 0.5, "from_other_candidates": round(2 / 6, 4), "in_no_candidate": round(1 / 6, 4)}
+    assert found["Other"] == {"stated": found["URG"]["stated"], "in_no_candidate": round(1 / 6, 4)}  # no shown: no guess
+    assert found["best candidate"] == {"stated": round((1 / 4 + 1 / 2 + 2 / 3) / 3, 4)}
+    assert found["any candidate"] == {"stated": round((3 / 4 + 1 / 2 + 3 / 3) / 3, 4)}
+    assert list(found) == ["best candidate", "any candidate", "URG", "Other"]
+    with pytest.raises(ValueError, match=r"row 'URG', record 'r3': shown candidates \[3\] out of range"):
+        synthetic_facts.fact_sources({"URG": fused}, ["r1", "r2", "r3"], facts, world, shown={"URG": [[0], [0], [3]]})
+    with pytest.raises(ValueError, match="row 'URG' has 2 records, the test set 3"):
+        synthetic_facts.fact_sources({"URG": fused}, ["r1", "r2", "r3"], facts, world, shown={"URG": shown[:2]})
+
+
+def test_a_facts_file_of_another_world_is_named():
+    examples = synthetic.make_examples(3, 4, seed=1, config=_study_config(), id_prefix="synthetic/test")
+    facts = {ex.record["id"]: _facts_line(ex.topics[0], list(ex.reference_facts), []) for ex in examples}
+    assert synthetic_facts.world_mismatch(facts, _study_config()) is None
+    assert "is no fact of the synthetic world (n_topics=40, pool_size=10" in synthetic_facts.world_mismatch(facts)
+
+
 # ---- question_names_facts: the question determines the reference ----------------------------------
 def test_default_records_are_unchanged_by_the_question_names_facts_knob():
     # sha256 of the records and candidate facts urg_ray/synthetic.py made before the knob existed

@@ -17,7 +17,9 @@ a candidate without its model's style (its facts, right and wrong, in the refere
 picked by the oracle and by a ranker's top-1, and ideal fusions, the correct facts of a set of
 candidates in the reference's order and wording, of the true top-1 / top-k and of a ranker's
 top-k. "Fusion combines candidates" needs a fused row above the style-stripped oracle and above
-the same model fusing its top-1 alone.
+the same model fusing its top-1 alone. Fusion rows keep the candidates each record's fusion was
+shown, and `add_fact_sources` says where their right facts come from: the shown candidates
+(combining), other candidates, or none (the fuser's memory of the world, not combining).
 
 Every row keeps its per-record scores (`eval_records.json`), so two rows can be compared with a
 paired bootstrap interval (`paired_bootstrap`) and runs with different seeds summarised
@@ -29,7 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -44,6 +46,7 @@ METRICS = ("bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore")
 PAPER_METRICS = ("bertscore", "bartscore", "bleu", "rougeL")  # with GPT-Rank: the columns of the papers' tables
 GPT_RANK = "gpt_rank"
 Fuse = Callable[[list[str], list[list[str]]], list[str]]  # (questions, candidate lists) -> texts
+T = TypeVar("T")
 
 
 @dataclass
@@ -85,6 +88,8 @@ class Evaluator:
         self.per_record: dict[str, list[dict[str, float]]] = {}  # row name -> [record] -> metrics
         self.rankings: dict[str, list[list[int]]] = {}  # rank row name -> [record] -> candidate order
         self.fused_texts: dict[str, list[str]] = {}  # fusion row name -> [record] -> its text
+        self.fused_shown: dict[str, list[list[int]]] = {}  # fusion row name -> [record] -> candidates it was shown
+        self.fact_sources: dict[str, dict[str, float]] = {}  # add_fact_sources
         self.robustness: dict[str, dict[str, dict[str, float]]] = {}
         self.paired: list[dict] = []
 
@@ -149,10 +154,24 @@ class Evaluator:
         self.rankings[name] = rankings
         return row
 
-    def add_fusion(self, name: str, texts: Sequence[str]) -> Row:
+    def add_fusion(self, name: str, texts: Sequence[str], shown: Sequence[Sequence[int]] | None = None) -> Row:
+        """A fuser's answer per record; `shown`: per record, the indices of the candidates it was
+        shown (`FusionResult.selected`), kept for `add_fact_sources`."""
+        if shown is not None and len(shown) != len(self.records):
+            raise ValueError(f"row {name!r}: shown candidates for {len(shown)} records, the table has {len(self.records)}")
         row = self._add_row(name, "fusion", self._score(list(texts), [r.output for r in self.records]))
         self.fused_texts[name] = list(texts)
+        if shown is not None:
+            self.fused_shown[name] = [[int(i) for i in indices] for indices in shown]
         return row
+
+    def add_fact_sources(self, facts: Mapping[str, Mapping], config=None) -> dict[str, dict[str, float]]:
+        """Where the fusion rows' right facts come from (`urg_ray.synthetic_facts.fact_sources`; synthetic
+        data: `facts` is its facts file read, `config` the SyntheticConfig of its world), for eval.json/md."""
+        from urg_ray.synthetic_facts import fact_sources
+
+        self.fact_sources = fact_sources(self.fused_texts, [r.id for r in self.records], facts, config, self.fused_shown)
+        return self.fact_sources
 
     def add_bounds(self, world: Mapping[str, SyntheticExample], top_k: int = 3, rankers: Sequence[str] = (),
                    metric: str = "bleu") -> list[Row]:
@@ -200,11 +219,13 @@ class Evaluator:
         self.paired += found
         return found
 
-    def fuse_in_batches(self, fuse: Fuse, candidate_lists: Sequence[list[str]]) -> list[str]:
-        texts: list[str] = []
+    def fuse_in_batches(self, fuse: Callable[[list[str], list[list[str]]], list[T]],
+                        candidate_lists: Sequence[list[str]]) -> list[T]:
+        """`fuse` over the records, batch_size at a time: its results (texts, or FusionResults) in record order."""
+        results: list[T] = []
         for start in range(0, len(self.records), self.batch_size):
-            texts += fuse(self.questions[start:start + self.batch_size], list(candidate_lists[start:start + self.batch_size]))
-        return texts
+            results += fuse(self.questions[start:start + self.batch_size], list(candidate_lists[start:start + self.batch_size]))
+        return results
 
     def add_robustness(self, name: str, fuse: Fuse) -> dict[str, dict[str, float]]:
         """URG Table 5: fused from the true top-2, then with the worst one / two appended (the
@@ -227,14 +248,16 @@ class Evaluator:
     # ---- output -----------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {"n_records": len(self.records), "metrics": list(self.metric_names),
-                "rows": [asdict(r) for r in self.rows], "robustness": self.robustness, "paired": self.paired}
+                "rows": [asdict(r) for r in self.rows], "robustness": self.robustness, "paired": self.paired} | (
+                    {"fact_sources": self.fact_sources} if self.fact_sources else {})
 
     def records_json(self) -> dict:
         """Per-record scores of every row: {"ids": [...], "rows": {name: {metric: [per record]}}}, with
-        each fusion row's texts ("texts": {name: [per record]})."""
+        each fusion row's texts ("texts": {name: [per record]}) and, where known, the candidate indices
+        each fusion was shown ("shown": {name: [[index, ...] per record]})."""
         return {"ids": [r.id for r in self.records],
                 "rows": {name: {m: [x[m] for x in per] for m in self.metric_names} for name, per in self.per_record.items()},
-                "texts": self.fused_texts}
+                "texts": self.fused_texts, "shown": self.fused_shown}
 
     def write(self, out_dir: str | Path) -> list[Path]:
         from urg_ray.evaluation_report import write_charts, write_markdown
@@ -317,7 +340,8 @@ def summarize_runs(runs: Sequence[dict], records: Sequence[dict], paired: Sequen
     """Runs of one protocol with different seeds (each an `eval.json` and its `eval_records.json`)
     in one table: per row and metric the mean and sample std over the runs that have the row;
     per pair (a, b) each run's paired bootstrap interval of a - b and one of the difference
-    averaged over runs per record (the runs must share the test records)."""
+    averaged over runs per record (the runs must share the test records); where every run has
+    `fact_sources`, per row and share its mean and std over the runs that have it."""
     if not runs or len(runs) != len(records):
         raise ValueError(f"need one records file per run, got {len(runs)} runs and {len(records)} records files")
     metric_names = [m for m in runs[0]["metrics"]]
@@ -354,5 +378,11 @@ def summarize_runs(runs: Sequence[dict], records: Sequence[dict], paired: Sequen
             pooled = paired_bootstrap(np.mean([r[a][m] for r in have], axis=0), np.mean([r[b][m] for r in have], axis=0),
                                       n_resamples, confidence, seed)
             intervals.append({"a": a, "b": b, "metric": m, "n_runs": len(have), "per_run": per_run, "pooled": pooled})
+    sources = {}  # fact_sources of runs with the synthetic world's facts: only if every run has them
+    if all(run.get("fact_sources") for run in runs):
+        for name in dict.fromkeys(n for run in runs for n in run["fact_sources"]):
+            results = [run["fact_sources"][name] for run in runs if name in run["fact_sources"]]
+            sources[name] = {"n_runs": len(results)} | {
+                key: spread([r[key] for r in results]) for key in results[0] if all(key in r for r in results)}
     return {"n_runs": len(runs), "n_records": len(records[0]["ids"]), "metrics": metric_names, "rows": table,
-            "robustness": robustness, "paired": intervals}
+            "robustness": robustness, "paired": intervals} | ({"fact_sources": sources} if sources else {})

@@ -47,6 +47,8 @@ def write_markdown(data: dict) -> str:
             lines.append(f"| {name} | top-2 (score) | " + " | ".join(_fmt(m, result["scores"][m]) for m in metric_names) + " |")
             for key in ("delta% top2+worst1", "delta% top2+worst2"):
                 lines.append(f"| {name} | {key.split()[1]} (Δ%) | " + " | ".join(f"{result[key][m]:+.1f}" for m in metric_names) + " |")
+    if data.get("fact_sources"):
+        lines += ["", *fact_sources_markdown(data["fact_sources"])]
     if data.get("paired"):
         lines += ["", "## Paired bootstrap intervals", "", _paired_intro(data["paired"][0]), "",
                   "| A − B | Metric | Mean difference | Interval |", "|---|---|---|---|"]
@@ -54,6 +56,38 @@ def write_markdown(data: dict) -> str:
             lines.append(f"| {p['a']} − {p['b']} | {LABELS.get(p['metric'], p['metric'])} | "
                          f"{_fmt(p['metric'], p['mean'])} | [{_fmt(p['metric'], p['low'])}, {_fmt(p['metric'], p['high'])}] |")
     return "\n".join(lines) + "\n"
+
+
+FACT_SOURCES_NOTE = (
+    "Facts a text states are read back with `urg_ray.synthetic_facts.stated_facts`; a candidate's facts are its "
+    "latent ones. Stated: the share of the reference's facts the row states, per test record, averaged (best / any "
+    "candidate: the candidate holding most of them, and all candidates together). Shown hold: the share the "
+    "candidates the fuser was shown hold together, the most a fuser copying them can state. The last three columns "
+    "split the row's right facts (pooled over records): in a shown candidate, only in candidates it was not shown, "
+    "in no candidate. Right facts not in the shown candidates are the fuser's memory of the world (learned from "
+    "its training references; a few may be a shown candidate's object put with the question's verb), not combining.")
+FACT_COLUMNS = ("stated", "shown_hold", "from_shown", "from_other_candidates", "in_no_candidate")
+
+
+def fact_sources_markdown(sources: dict[str, dict], level: str = "##") -> list[str]:
+    """The table of `urg_ray.synthetic_facts.fact_sources` (one run: shares) or of its summary over
+    runs (each cell a mean and std, each row with `n_runs`), under a heading and FACT_SOURCES_NOTE."""
+    def cell(value) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, dict):
+            std = value["std"]
+            return f"{value['mean']:.3f}" + ("" if std != std else f" ± {std:.3f}")
+        return f"{value:.3f}"
+
+    runs = any("n_runs" in s for s in sources.values())
+    lines = [f"{level} Where the fused answers' facts come from", "", FACT_SOURCES_NOTE, "",
+             "| Row |" + (" Runs |" if runs else "") + " Stated | Shown hold | From shown | From other candidates "
+             "| In no candidate |", "|---|" + "---|" * (len(FACT_COLUMNS) + runs)]
+    for name, s in sources.items():
+        lines.append(f"| {name} |" + (f" {s.get('n_runs', '')} |" if runs else "")
+                     + "".join(f" {cell(s.get(k))} |" for k in FACT_COLUMNS))
+    return lines
 
 
 def _paired_intro(interval: dict) -> str:
@@ -90,6 +124,8 @@ def write_summary_markdown(summary: dict) -> str:
                          f"{result[key][m]['mean']:+.1f}" + (f" ± {result[key][m]['std']:.1f}" if result["n_runs"] > 1 else "")
                          for m in metric_names]
                 lines.append(f"| {name} | {result['n_runs']} | {label} | " + " | ".join(cells) + " |")
+    if summary.get("fact_sources"):
+        lines += ["", *fact_sources_markdown(summary["fact_sources"])]
     if summary["paired"]:
         first = summary["paired"][0]["pooled"]
         lines += ["", "## Paired bootstrap intervals", "", _paired_intro(first) + " Pooled: the difference averaged "

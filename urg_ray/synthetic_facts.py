@@ -126,3 +126,71 @@ def attach_facts(record: Mapping[str, Any], facts: Mapping[str, Any]) -> Synthet
         raise ValueError(f"record {record['id']!r}: its facts (id {facts['id']!r}) do not render its output with "
                          f"{n} candidates: the facts file belongs to another data set")
     return example
+
+
+def world_mismatch(facts: Mapping[str, Mapping[str, Any]], config: SyntheticConfig | None = None) -> str | None:
+    """None when every reference fact of a facts file (:func:`read_facts`) is a fact of the world
+    ``config`` describes (its topics, ``pool_size`` and ``world_seed``), else what is not: facts
+    read in another world are misread (:func:`stated_facts` knows its world's objects only)."""
+    cfg = config or SyntheticConfig()
+    known = {f for t in TOPICS[: cfg.n_topics] for f in _topic_pool(t, cfg)}
+    for record_id, line in facts.items():
+        for row in line["reference_facts"]:
+            if Fact(*row) not in known:
+                return (f"record {record_id!r}: reference fact {tuple(row)} is no fact of the synthetic world "
+                        f"(n_topics={cfg.n_topics}, pool_size={cfg.pool_size}, world_seed={cfg.world_seed})")
+    return None
+
+
+def fact_sources(texts: Mapping[str, Sequence[str]], ids: Sequence[str], facts: Mapping[str, Mapping[str, Any]],
+                 config: SyntheticConfig | None = None,
+                 shown: Mapping[str, Sequence[Sequence[int]]] | None = None) -> dict[str, dict[str, float]]:
+    """Where the right facts of fused answers come from: from the candidates a fuser was shown
+    (combining), or from elsewhere (other candidates, or its memory of the world it learned).
+
+    ``texts``: fused row -> its answer per test record, in ``ids`` order; ``facts``: record id ->
+    its facts line (:func:`read_facts`); ``shown``: fused row -> per record, the candidate indices
+    the fuser was shown (``FusionResult.selected``). A candidate's facts are its latent facts. Per
+    fused row: ``stated``, the share of the reference's facts it states (:func:`stated_facts`),
+    per record, averaged; ``shown_hold``, the same share for all its shown candidates together
+    (the most a fuser copying whole facts from them can state); and, of its right facts pooled
+    over the records, the shares ``from_shown`` (in a shown candidate), ``from_other_candidates``
+    (only in candidates it was not shown) and ``in_no_candidate``. A row without ``shown`` has
+    ``stated`` and ``in_no_candidate`` only. Two reference rows: ``best candidate`` (the one
+    holding most of the reference) and ``any candidate`` (all together)."""
+    absent = [i for i in ids if i not in facts]
+    if absent:
+        raise ValueError(f"no facts for test record {absent[0]!r}")
+    for name, rows in [*texts.items(), *(shown or {}).items()]:
+        if len(rows) != len(ids):
+            raise ValueError(f"row {name!r} has {len(rows)} records, the test set {len(ids)}")
+    unknown = sorted(set(shown or {}) - set(texts))
+    if unknown:
+        raise ValueError(f"shown candidates for rows {unknown} with no fused texts; fused rows: {sorted(texts)}")
+    lines = [facts[i] for i in ids]
+    refs = [{Fact(*f) for f in line["reference_facts"]} for line in lines]
+    held = [[{Fact(*f) for f in c} & ref for c in line["candidate_facts"]] for line, ref in zip(lines, refs)]
+    anywhere = [set().union(*c) for c in held]
+
+    def share(hits: Sequence[set[Fact]]) -> float:  # per record, averaged
+        return round(sum(len(h) / max(1, len(r)) for h, r in zip(hits, refs)) / max(1, len(refs)), 4)
+
+    found = {"best candidate": {"stated": share([max(c, key=len, default=set()) for c in held])},
+             "any candidate": {"stated": share(anywhere)}}
+    for name, row in texts.items():
+        right = [set(stated_facts(t, tuple(line["topics"]), config)) & ref for t, line, ref in zip(row, lines, refs)]
+        n_right = max(1, sum(map(len, right)))
+        pooled = lambda sets: round(sum(map(len, sets)) / n_right, 4)  # noqa: E731  of the right facts, pooled
+        found[name] = {"stated": share(right)}
+        if shown and name in shown:
+            from_shown = []
+            for record_id, indices, c in zip(ids, shown[name], held):
+                if any(not 0 <= i < len(c) for i in indices):
+                    raise ValueError(f"row {name!r}, record {record_id!r}: shown candidates {list(indices)} "
+                                     f"out of range for its {len(c)} candidates")
+                from_shown.append(set().union(*(c[i] for i in indices)))
+            found[name] |= {"shown_hold": share(from_shown),
+                            "from_shown": pooled([h & s for h, s in zip(right, from_shown)]),
+                            "from_other_candidates": pooled([(h & a) - s for h, a, s in zip(right, anywhere, from_shown)])}
+        found[name]["in_no_candidate"] = pooled([h - a for h, a in zip(right, anywhere)])
+    return found
