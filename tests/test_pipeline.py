@@ -234,6 +234,37 @@ def test_fact_sources_count_fused_facts_that_no_candidate_states():
         fact_sources({"URG": fused + ["x"]}, ["q1", "q2", "q3"], facts, world)
 
 
+def test_the_report_splits_fused_facts_by_shown_candidates_when_the_evaluation_kept_them(tmp_path):
+    from dataclasses import astuple
+
+    from urg_ray.synthetic import TOPICS, SyntheticConfig, _topic_pool, render_reference
+
+    a = _topic_pool(TOPICS[0], SyntheticConfig(question_names_facts=True))
+    rows = lambda *fs: [list(astuple(f)) for f in fs]  # noqa: E731
+    (tmp_path / "scored").mkdir()
+    (tmp_path / "scored" / "test.facts.jsonl").write_text(json.dumps(
+        {"id": "q1", "task": "define", "topics": [TOPICS[0]], "reference_facts": rows(a[0], a[1]),
+         "candidate_facts": [rows(a[0]), rows(a[1])], "candidate_topics": [[TOPICS[0]]] * 2,
+         "kinds": ["normal"] * 2}) + "\n")
+    (tmp_path / "eval").mkdir()
+    scores = {"bleu": 1.0}
+    (tmp_path / "eval" / "eval.json").write_text(json.dumps({"n_records": 1, "metrics": ["bleu"], "rows": [
+        {"name": n, "kind": k, "scores": scores, "correlation": {}}
+        for n, k in (("tiny-oasst", "model"), ("tiny-koala", "model"), ("URG", "fusion"))]}))
+    (tmp_path / "eval" / "eval.md").write_text("")
+    (tmp_path / "llms").mkdir()
+    (tmp_path / "llms" / "llms.md").write_text("")
+    (tmp_path / "llms" / "llms_summary.json").write_text("{}")
+    records = {"ids": ["q1"], "rows": {n: {"bleu": [1.0]} for n in ("tiny-oasst", "tiny-koala", "URG")},
+               "texts": {"URG": [render_reference("define", (TOPICS[0],), (a[0], a[1]))]}}
+    for shown, line in ((None, "| URG | 1.000 | 0.000 |"), ([[1]], "| URG | 1.000 | 0.500 | 0.500 | 0.500 | 0.000 |")):
+        (tmp_path / "eval" / "eval_records.json").write_text(json.dumps(records | ({"shown": {"URG": shown}} if shown else {})))
+        pipeline.write_report(config(), tmp_path, tmp_path / "results")
+        readme = (tmp_path / "results" / "README.md").read_text()
+        assert "## Where the fused answers' facts come from" in readme and line in readme, readme
+        assert ("| row | reference facts stated | of them, in no candidate |" in readme) == (shown is None)
+
+
 def test_the_report_with_no_member_row_names_the_file(tmp_path, capsys):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "eval.json").write_text(json.dumps({"n_records": 1, "metrics": ["bleu"], "rows": [
