@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise ValueError(f"--paired {a}={b}: no row {unknown[0]!r} among "
                                  f"{sorted(planned_rows(named, args.bounds) | models)}")
-        world, facts, knobs = load_world(args.facts, args.synthetic, test_file, records) if args.bounds else ({}, {}, None)
+        world, facts, world_config = load_world(args.facts, args.synthetic, test_file, records) if args.bounds else ({}, {}, None)
     except (*INPUT_ERRORS, ValueError) as err:
         return bad_input(err)
 
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def add_fused(name: str, results) -> None:  # FusionResults: the texts and the candidates each fusion was shown
         ev.add_fusion(name, [r.text for r in results], shown=[r.selected for r in results])
+
     top_k = 3  # of the ideal fusions: the first URG's k
     for i, (name, path) in enumerate(named["urg"]):
         model = load_model(path)
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bounds:
         print("[evaluate] bounds from the latent facts", flush=True)
         ev.add_bounds(world, top_k=top_k, rankers=[f"{name}-rank" for name, _ in named["urg"]])
-        ev.add_fact_sources(facts, knobs)
+        ev.add_fact_sources(facts, world_config)
     for a, b in paired:
         ev.add_paired(a, b)
     for path in ev.write(args.out):
