@@ -191,10 +191,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_world(facts_file: str | None, synthetic: str | None, test_file: str, records) -> tuple[dict, dict, object]:
     """Record id -> SyntheticExample from the facts file beside the test file (make_data writes it),
-    the facts file read, and the SyntheticConfig of its world (`--synthetic`, checked against the facts)."""
-    from make_data import knobs_file
-
-    from urg_ray.synthetic import world_from_knobs
+    the facts file read, and the SyntheticConfig of its world (`--synthetic`): a world that lacks the
+    facts' reference facts is refused (`world_mismatch`; a larger world that holds them passes)."""
+    from urg_ray.synthetic import knobs_file, world_from_knobs
     from urg_ray.synthetic_facts import attach_facts, facts_path, read_facts, world_mismatch
 
     path = facts_file or facts_path(test_file)

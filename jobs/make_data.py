@@ -32,24 +32,11 @@ from _cli import INPUT_ERRORS, bad_input, job_config, job_parser  # noqa: E402
 
 from urg_ray.data import write_records  # noqa: E402
 from urg_ray.metrics import bleu  # noqa: E402
-from urg_ray.synthetic import MODELS, SyntheticConfig, SyntheticExample, ideal_fusion, make_examples, strip_style  # noqa: E402
+from urg_ray.synthetic import (  # noqa: E402
+    MODELS, SyntheticConfig, SyntheticExample, ideal_fusion, knobs_file, make_examples, strip_style, typed_knob)
 from urg_ray.synthetic_facts import facts_path, write_facts  # noqa: E402
 
 KNOBS = {f.name for f in dataclasses.fields(SyntheticConfig)}
-
-
-def typed_knob(key: str, value: Any, where: str) -> Any:
-    """A SyntheticConfig field's value, typed like its default (YAML lists -> tuples, ints -> floats)."""
-    if key not in KNOBS:
-        raise ValueError(f"{where}: unknown knob {key!r}; known: {sorted(KNOBS)}")
-    default = getattr(SyntheticConfig(), key)
-    if isinstance(default, tuple):
-        value = tuple(value) if isinstance(value, list) else (value,)
-    elif isinstance(default, float) and type(value) is int:
-        value = float(value)
-    if type(value) is not type(default):
-        raise ValueError(f"{where}: {key} needs a {type(default).__name__} (default {default!r}), got {value!r}")
-    return value
 
 
 def parse_knobs(items: list[str]) -> dict[str, Any]:
@@ -61,17 +48,6 @@ def parse_knobs(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"--knob {item!r}: expected knob=value with knob one of {sorted(KNOBS)}")
         knobs[key] = typed_knob(key, yaml.safe_load(raw), f"--knob {item!r}")
     return knobs
-
-
-def knobs_file(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping of SyntheticConfig fields (jobs/configs/study-synthetic.yaml) -> overrides."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"{path}: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of SyntheticConfig fields, got {type(data).__name__}")
-    return {key: typed_knob(key, value, f"{path}: {key}") for key, value in data.items()}
 
 
 def headroom(examples: list[SyntheticExample], top_k: int = 3) -> dict[str, Any]:

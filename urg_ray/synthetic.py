@@ -41,7 +41,10 @@ import dataclasses
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from urg_ray.metrics import reference_scores
 
@@ -412,6 +415,32 @@ def _config(config: SyntheticConfig | None, knobs: dict[str, Any]) -> SyntheticC
     if set(knobs) - names:
         raise ValueError(f"unknown SyntheticConfig knobs {sorted(set(knobs) - names)}; known: {sorted(names)}")
     return dataclasses.replace(config or SyntheticConfig(), **knobs)
+
+
+def typed_knob(key: str, value: Any, where: str) -> Any:
+    """A SyntheticConfig field's value, typed like its default (YAML lists -> tuples, ints -> floats)."""
+    names = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    if key not in names:
+        raise ValueError(f"{where}: unknown knob {key!r}; known: {sorted(names)}")
+    default = getattr(SyntheticConfig(), key)
+    if isinstance(default, tuple):
+        value = tuple(value) if isinstance(value, list) else (value,)
+    elif isinstance(default, float) and type(value) is int:
+        value = float(value)
+    if type(value) is not type(default):
+        raise ValueError(f"{where}: {key} needs a {type(default).__name__} (default {default!r}), got {value!r}")
+    return value
+
+
+def knobs_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of SyntheticConfig fields (jobs/configs/study-synthetic.yaml) -> overrides."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of SyntheticConfig fields, got {type(data).__name__}")
+    return {key: typed_knob(key, value, f"{path}: {key}") for key, value in data.items()}
 
 
 def world_from_knobs(knobs: dict[str, Any]) -> SyntheticConfig:
