@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         args.bertscore_model = args.bertscore_model or PAPER_BERTSCORE
     try:
         paired = [name_value(v, "--paired") for v in args.paired]
+        if args.synthetic and (args.summarize or not args.bounds):
+            raise ValueError("--synthetic needs --bounds (it names the world the facts file was made in)")
         if args.summarize:
             if args.urg or args.ranker or args.fuser:
                 raise ValueError("--summarize reads finished evaluations; it takes no --urg, --ranker or --fuser")

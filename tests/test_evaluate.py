@@ -134,6 +134,10 @@ def test_a_malformed_or_missing_model_flag_is_named_before_any_model_or_ray(tmp_
     assert f"error: --ranker Pair={tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
     assert main(["--summarize", str(tmp_path), "--paired", "URG-rank"]) == 2  # rows, not folders
     assert "error: --paired: expected A=B, got 'URG-rank'" in capsys.readouterr().err
+    world = "jobs/configs/study-synthetic.yaml"
+    for argv in (["--synthetic", world], ["--summarize", str(tmp_path), "--bounds", "--synthetic", world]):
+        assert main(argv) == 2  # the world of the facts: read with --bounds only, never silently dropped
+        assert "error: --synthetic needs --bounds" in capsys.readouterr().err
     assert not ray.is_initialized()
 
 
