@@ -94,8 +94,14 @@ def test_evaluate_job_writes_every_row_and_column(tmp_path):
     from urg_ray import URG
     from urg_ray.baselines import GenFuser, PairRanker
 
+    texts = [REF, "the cat sat on a mat", "dogs bark loudly at night", "a red mat by the door"]
+    # four candidates, in another order per record: a top-3 is a choice, not always all but the last
+    records = [Record(id=f"r{i}", instruction=f"q{i}: where did the cat sit?", output=REF,
+                      candidates=[{"model": f"m{j}", "text": texts[(i + j) % 4], "scores": {"bleu": float(10 - j)}}
+                                  for j in range(4)])
+               for i in range(3)]
     test_file = tmp_path / "test.jsonl"
-    write_records(test_file, _records())
+    write_records(test_file, records)
     URG.from_pretrained("tiny").save_pretrained(tmp_path / "urg")
     PairRanker.from_pretrained("tiny").save_pretrained(tmp_path / "pair")
     GenFuser.from_pretrained("tiny").save_pretrained(tmp_path / "fuser")
@@ -108,15 +114,17 @@ def test_evaluate_job_writes_every_row_and_column(tmp_path):
     data = json.loads((out / "eval.json").read_text())
     names = [r["name"] for r in data["rows"]]
     metric_names = ["bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore"]
-    expected = ["m0", "m1", "m2", "Random", *(f"Oracle ({m})" for m in metric_names), "URG-rank", "URG", "PairRanker",
-                "PairRanker-Gen"]
+    expected = ["m0", "m1", "m2", "m3", "Random", *(f"Oracle ({m})" for m in metric_names), "URG-rank", "URG",
+                "PairRanker", "PairRanker-Gen"]
     assert names == expected
     assert all(set(r["scores"]) == set(metric_names) for r in data["rows"])
     assert set(data["rows"][names.index("URG-rank")]["correlation"]) == {"pearson", "spearman", "footrule"}
     assert set(data["robustness"]) == {"URG", "GenFuser"}
-    shown = json.loads((out / "eval_records.json").read_text())["shown"]  # each fusion's top-3 of the 3 candidates
-    assert {name: [sorted(s) for s in per] for name, per in shown.items()} == {"URG": [[0, 1, 2]] * 3,
-                                                                            "PairRanker-Gen": [[0, 1, 2]] * 3}
+    shown = json.loads((out / "eval_records.json").read_text())["shown"]  # each fusion's top-3 of 4 candidates
+    assert set(shown) == {"URG", "PairRanker-Gen"} and all(len(s) == 3 for per in shown.values() for s in per)
+    ranks = URG.from_pretrained(tmp_path / "urg").rank([r.question for r in records],
+                                                       [[c.text for c in r.candidates] for r in records]).ranks
+    assert [sorted(s) for s in shown["URG"]] == [sorted(r[:3]) for r in ranks]
     markdown = (out / "eval.md").read_text()
     for header in ("BLEU", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "BERTScore", "Pearson", "Spearman", "Footrule"):
         assert header in markdown
