@@ -123,6 +123,26 @@ def test_data_step_writes_prompts_and_a_generate_config_per_llm(tmp_path):
     GenerateConfig.model_validate(gen)  # what jobs/generate.py will load
 
 
+def test_evaluate_reads_the_facts_in_the_world_the_config_made(tmp_path):
+    from evaluate import load_world
+
+    from urg_ray.config import ConfigError
+    from urg_ray.data import read_records
+    from urg_ray.synthetic import knobs_file
+
+    world = {"n_topics": 12, "pool_size": 14, "world_seed": 3}
+    cfg = config(n=pipeline.SplitSizes(train=1, dev=1, test=3), synthetic={"question_names_facts": True, **world})
+    (evaluate,) = [s for s in pipeline.stages(cfg, tmp_path, "p.yaml", tmp_path / "results") if s.name == "evaluate"]
+    pipeline.make_data(cfg, tmp_path)
+    world_file = evaluate.command[evaluate.command.index("--synthetic") + 1]
+    assert world_file in evaluate.inputs and knobs_file(world_file) == world  # the world knobs, nothing else
+    test, facts = str(tmp_path / "data" / "test.jsonl"), str(tmp_path / "data" / "test.facts.jsonl")
+    records = read_records(test)
+    assert len(load_world(facts, world_file, test, records)[0]) == 3
+    with pytest.raises(ConfigError, match="is no fact of the synthetic world"):  # the default world: refused
+        load_world(facts, None, test, records)
+
+
 def test_each_split_asks_about_its_own_topics(tmp_path):
     from urg_ray.synthetic import TOPICS
     from urg_ray.synthetic_facts import read_facts
