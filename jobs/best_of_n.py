@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         from urg_ray.generate import missing_pairs
         from urg_ray.presets import resolve_urg_source
 
+        urg_source = resolve_urg_source(cfg.urg, cfg.fallback_preset)  # a wrong URG fails before the prompts load
         prompts, problems = load_prompts_checked(cfg)
-        urg_source = resolve_urg_source(cfg.urg, cfg.fallback_preset)
         samples = sample_prompts(prompts, cfg.n)
         todo = missing_pairs(cfg, args.out, samples)  # also validates the samples file, its journal and lock
     except (*INPUT_ERRORS, Locked, FileNotFoundError) as err:
