@@ -84,7 +84,7 @@ def ranks_by_score(scores: torch.Tensor, candidate_mask: torch.Tensor) -> list[l
 
 
 def fusion_top_k(top_k: int | None, default: int) -> int:
-    """The k candidates to fuse: `top_k`, or the model's `default` when None; at least 1."""
+    """The k candidates to fuse: `top_k`, or the model's `default` when None or 0; at least 1."""
     k = top_k or default
     if k < 1:
         raise ValueError(f"top_k must be >= 1, got {k}")
