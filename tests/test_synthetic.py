@@ -262,8 +262,10 @@ def test_fact_sources_split_right_facts_into_shown_other_and_no_candidate():
     assert list(found) == ["best candidate", "any candidate", "URG", "Other"]
     with pytest.raises(ValueError, match=r"row 'URG', record 'r3': shown candidates \[3\] out of range"):
         synthetic_facts.fact_sources({"URG": fused}, ["r1", "r2", "r3"], facts, world, shown={"URG": [[0], [0], [3]]})
-    with pytest.raises(ValueError, match="row 'URG' has 2 records, the test set 3"):
+    with pytest.raises(ValueError, match="row 'URG': shown candidates for 2 records, the test set has 3"):
         synthetic_facts.fact_sources({"URG": fused}, ["r1", "r2", "r3"], facts, world, shown={"URG": shown[:2]})
+    with pytest.raises(ValueError, match="row 'URG' has 2 records, the test set 3"):
+        synthetic_facts.fact_sources({"URG": fused[:2]}, ["r1", "r2", "r3"], facts, world)
 
 
 def test_a_facts_file_of_another_world_is_named():

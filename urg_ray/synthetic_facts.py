@@ -161,9 +161,12 @@ def fact_sources(texts: Mapping[str, Sequence[str]], ids: Sequence[str], facts: 
     absent = [i for i in ids if i not in facts]
     if absent:
         raise ValueError(f"no facts for test record {absent[0]!r}")
-    for name, rows in [*texts.items(), *(shown or {}).items()]:
+    for name, rows in texts.items():
         if len(rows) != len(ids):
             raise ValueError(f"row {name!r} has {len(rows)} records, the test set {len(ids)}")
+    for name, rows in (shown or {}).items():
+        if len(rows) != len(ids):
+            raise ValueError(f"row {name!r}: shown candidates for {len(rows)} records, the test set has {len(ids)}")
     unknown = sorted(set(shown or {}) - set(texts))
     if unknown:
         raise ValueError(f"shown candidates for rows {unknown} with no fused texts; fused rows: {sorted(texts)}")
