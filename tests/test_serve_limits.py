@@ -2,13 +2,7 @@
 passes a request exactly at it and refuses one over it with the status, `param` and code the
 HTTP API answers (tests/test_serve.py and tests/test_rerank.py check the same errors over HTTP)."""
 
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `serve/` is a top-level folder, not an installed package
 
 pytest.importorskip("ray")
 from serve import protocol  # noqa: E402
