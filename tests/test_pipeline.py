@@ -233,27 +233,6 @@ def test_every_pipeline_config_validates_and_names_the_facts_of_its_questions():
             assert pipeline.load_pipeline_config(str(path)).synthetic == {"question_names_facts": True}, path
 
 
-def test_fact_sources_count_fused_facts_that_no_candidate_states():
-    from dataclasses import astuple
-
-    from urg_ray.synthetic import TOPICS, SyntheticConfig, _topic_pool, render_reference
-    from urg_ray.synthetic_facts import fact_sources
-
-    world = SyntheticConfig(question_names_facts=True)
-    a, b = (_topic_pool(t, world) for t in TOPICS[:2])
-    rows = lambda *fs: [list(astuple(f)) for f in fs]  # noqa: E731
-    facts = {"q1": {"topics": [TOPICS[0]], "reference_facts": rows(a[0], a[1]),
-                    "candidate_facts": [rows(a[0]), rows(a[2])]},  # one right fact; one fact not asked
-             "q2": {"topics": [TOPICS[1]], "reference_facts": rows(b[0]), "candidate_facts": [[], []]}}
-    fused = [render_reference("define", (TOPICS[0],), (a[0], a[1])), render_reference("define", (TOPICS[1],), (b[0],))]
-    found = fact_sources({"URG": fused}, ["q1", "q2"], facts, world)
-    # q1: both facts right, one of them from a candidate; q2: its one fact in no candidate
-    assert found["URG"] == {"stated": 1.0, "in_no_candidate": round(2 / 3, 4)}
-    assert found["best candidate"] == found["any candidate"] == {"stated": 0.25}  # (1/2 + 0) / 2
-    with pytest.raises(ValueError, match="no facts for test record 'q3'"):
-        fact_sources({"URG": fused + ["x"]}, ["q1", "q2", "q3"], facts, world)
-
-
 def test_the_report_splits_fused_facts_by_shown_candidates_when_the_evaluation_kept_them(tmp_path):
     from dataclasses import astuple
 

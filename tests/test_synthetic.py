@@ -268,6 +268,27 @@ def test_fact_sources_split_right_facts_into_shown_other_and_no_candidate():
         synthetic_facts.fact_sources({"URG": fused[:2]}, ["r1", "r2", "r3"], facts, world)
 
 
+def test_fact_sources_count_fused_facts_that_no_candidate_states():
+    from dataclasses import astuple
+
+    from urg_ray.synthetic import TOPICS, SyntheticConfig, _topic_pool, render_reference
+    from urg_ray.synthetic_facts import fact_sources
+
+    world = SyntheticConfig(question_names_facts=True)
+    a, b = (_topic_pool(t, world) for t in TOPICS[:2])
+    rows = lambda *fs: [list(astuple(f)) for f in fs]  # noqa: E731
+    facts = {"q1": {"topics": [TOPICS[0]], "reference_facts": rows(a[0], a[1]),
+                    "candidate_facts": [rows(a[0]), rows(a[2])]},  # one right fact; one fact not asked
+             "q2": {"topics": [TOPICS[1]], "reference_facts": rows(b[0]), "candidate_facts": [[], []]}}
+    fused = [render_reference("define", (TOPICS[0],), (a[0], a[1])), render_reference("define", (TOPICS[1],), (b[0],))]
+    found = fact_sources({"URG": fused}, ["q1", "q2"], facts, world)
+    # q1: both facts right, one of them from a candidate; q2: its one fact in no candidate
+    assert found["URG"] == {"stated": 1.0, "in_no_candidate": round(2 / 3, 4)}
+    assert found["best candidate"] == found["any candidate"] == {"stated": 0.25}  # (1/2 + 0) / 2
+    with pytest.raises(ValueError, match="no facts for test record 'q3'"):
+        fact_sources({"URG": fused + ["x"]}, ["q1", "q2", "q3"], facts, world)
+
+
 def test_a_facts_file_of_another_world_is_named():
     examples = synthetic.make_examples(3, 4, seed=1, config=_study_config(), id_prefix="synthetic/test")
     facts = {ex.record["id"]: _facts_line(ex.topics[0], list(ex.reference_facts), []) for ex in examples}
