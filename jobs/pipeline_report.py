@@ -66,21 +66,22 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
 
         facts_file = d / "scored" / "test.facts.jsonl"
         try:
-            sources = fact_sources(records["texts"], records["ids"], read_facts(facts_file), world_from_knobs(cfg.synthetic),
-                                   shown=records.get("shown"))
+            sources = fact_sources(records["texts"], records["ids"], read_facts(facts_file),
+                                   world_from_knobs(cfg.synthetic), shown=records.get("shown"))
         except ValueError as err:
             raise ReportError(f"{facts_file} and {d / 'eval' / 'eval_records.json'}: {err}") from None
         if records.get("shown"):  # the indices each fusion was shown: the table of eval.md
-            lines += ["", *fact_sources_markdown(sources, level="##")]
-        else:
+            lines += ["", *fact_sources_markdown(sources)]
+        else:  # an eval_records.json written before evaluate.py kept `shown`: the older, shorter table
             lines += ["", "## Where the fused answers' facts come from", "",
-                      "Share of the reference's facts stated (`urg_ray.synthetic_facts.stated_facts`), per test question, "
-                      "averaged; for a fused row, the share of its right facts that no candidate of the question states "
-                      "(at most what the fuser remembers of its training references: some it may have put together from "
-                      "a candidate's object and the question's verb).", "",
+                      "Share of the reference's facts stated (`urg_ray.synthetic_facts.stated_facts`), per test "
+                      "question, averaged; for a fused row, the share of its right facts that no candidate of the "
+                      "question states (at most what the fuser remembers of its training references: some it may "
+                      "have put together from a candidate's object and the question's verb).", "",
                       "| row | reference facts stated | of them, in no candidate |", "|---|---|---|"]
-            lines += [f"| {name} | {s['stated']:.3f} | " + (f"{s['in_no_candidate']:.3f}" if "in_no_candidate" in s else "")
-                      + " |" for name, s in sources.items()]
+            lines += [f"| {name} | {s['stated']:.3f} | "
+                      + (f"{s['in_no_candidate']:.3f}" if "in_no_candidate" in s else "") + " |"
+                      for name, s in sources.items()]
     llms = json.loads((d / "llms" / "llms_summary.json").read_text())
     lines += ["", "## The candidate LLMs (jobs/train_llms.py), on held-out synthetic questions", "",
               "Sampled at temperature 1 (the transformers engine of urg_ray.llms); BLEU per task. Full: [llms.md](llms.md).", "",
