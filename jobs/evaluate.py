@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bounds", action="store_true", help="NAME (k=1) for each URG and the bound rows from "
                         "the synthetic world's latent facts (see --facts)")
     parser.add_argument("--facts", help="the test file's facts (default: TEST.facts.jsonl beside TEST.jsonl)")
-    parser.add_argument("--synthetic", metavar="YAML", help="with --bounds: the SyntheticConfig fields make_data was "
-                        "given (e.g. jobs/configs/study-synthetic.yaml), the world the fused answers' facts are read in")
+    parser.add_argument("--synthetic", metavar="YAML", help="with --bounds: the SyntheticConfig fields make_data "
+                        "was given (e.g. jobs/configs/study-synthetic.yaml), the world the fused answers' facts "
+                        "are read in")
     parser.add_argument("--paired", action="append", default=[], metavar="A=B",
                         help="a paired bootstrap interval of row A minus row B (repeatable)")
     parser.add_argument("--summarize", nargs="+", metavar="FOLDER",
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise ValueError(f"--paired {a}={b}: no row {unknown[0]!r} among "
                                  f"{sorted(planned_rows(named, args.bounds) | models)}")
-        world, facts, world_config = load_world(args.facts, args.synthetic, test_file, records) if args.bounds else ({}, {}, None)
+        world, facts, world_config = (load_world(args.facts, args.synthetic, test_file, records) if args.bounds
+                                      else ({}, {}, None))
     except (*INPUT_ERRORS, ValueError) as err:
         return bad_input(err)
 
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         for ranker_name, ranker in rankers:  # NAME-Gen: the ranker's top-k fused (PairRanker-Gen: LLM-Blender)
             row = f"{ranker_name}-Gen" + (f" ({name})" if len(named["fuser"]) > 1 else "")
             print(f"[evaluate] {row}: {ranker_name}'s top-k fused by {name}", flush=True)
-            add_fused(row, ev.fuse_in_batches(lambda q, c: rank_and_fuse(ranker, fuser, q, c, **generate), ev.candidates))
+            add_fused(row, ev.fuse_in_batches(lambda q, c: rank_and_fuse(ranker, fuser, q, c, **generate),
+                                              ev.candidates))
         if args.robustness:
             ev.add_robustness(name, lambda q, c: fuser.fuse(q, c, **generate))
     if args.bounds:

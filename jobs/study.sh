@@ -71,8 +71,11 @@ for seed in $SEEDS; do
     extra=(--urg "URG w/o ranking loss=$OUT/urg-no-rank/model" --urg "URG w/o ERM=$OUT/urg-no-erm/model"
            --ranker "SummaReranker=$OUT/summa_reranker/model" --ranker "SimCLS=$OUT/simcls/model")
   fi
-  if [ -z "$DRY" ] && [ -f "$RESULTS/seed$seed/eval_records.json" ]; then echo "[study] seed $seed: evaluated"; continue; fi
-  run "$PYTHON" jobs/evaluate.py --config "$CONFIG" --bounds --synthetic "$WORLD" --robustness --out "$RESULTS/seed$seed" \
+  if [ -z "$DRY" ] && [ -f "$RESULTS/seed$seed/eval_records.json" ]; then
+    echo "[study] seed $seed: evaluated"; continue
+  fi
+  run "$PYTHON" jobs/evaluate.py --config "$CONFIG" --bounds --synthetic "$WORLD" --robustness \
+    --out "$RESULTS/seed$seed" \
     --urg "URG=$OUT/urg-s$seed/model" --ranker "PairRanker=$OUT/pair_ranker-s$seed/model" \
     --fuser "GenFuser=$OUT/gen_fuser-s$seed/model" "${extra[@]}" \
     --paired "URG=PairRanker-Gen" --paired "URG=URG (k=1)" --paired "URG-rank=PairRanker"

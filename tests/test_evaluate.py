@@ -342,7 +342,8 @@ def test_fusion_rows_keep_the_candidates_they_were_shown_and_where_their_facts_c
     topic = TOPICS[0]
     a = _topic_pool(topic, SyntheticConfig())
     row = lambda *facts: [[f.subject, f.verb, f.rest] for f in facts]  # noqa: E731
-    facts = {f"r{i}": {"topics": [topic], "reference_facts": row(a[0], a[1]), "candidate_facts": [row(a[0]), row(a[1]), []]}
+    facts = {f"r{i}": {"topics": [topic], "reference_facts": row(a[0], a[1]),
+                       "candidate_facts": [row(a[0]), row(a[1]), []]}
              for i in range(3)}
     ev = Evaluator(_records(), score_keys=["bleu"], metric_names=("bleu",))
     both = render_reference("define", (topic,), (a[0], a[1]))
@@ -369,7 +370,8 @@ def test_summary_averages_where_the_facts_come_from_when_every_run_has_it():
     from urg_ray.evaluation_report import write_summary_markdown
 
     def run(stated: float, from_shown: float | None):
-        urg = {"stated": stated, "in_no_candidate": 0.1} | ({"from_shown": from_shown} if from_shown is not None else {})
+        urg = {"stated": stated, "in_no_candidate": 0.1}
+        urg |= {"from_shown": from_shown} if from_shown is not None else {}
         return ({"metrics": ["bleu"], "robustness": {}, "fact_sources": {"any candidate": {"stated": 0.8}, "URG": urg},
                  "rows": [{"name": "URG", "kind": "fusion", "scores": {"bleu": 1.0}, "correlation": {}}]},
                 {"ids": ["a"], "rows": {"URG": {"bleu": [1.0]}}})

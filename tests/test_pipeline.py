@@ -257,7 +257,8 @@ def test_the_report_splits_fused_facts_by_shown_candidates_when_the_evaluation_k
     records = {"ids": ["q1"], "rows": {n: {"bleu": [1.0]} for n in ("tiny-oasst", "tiny-koala", "URG")},
                "texts": {"URG": [render_reference("define", (TOPICS[0],), (a[0], a[1]))]}}
     for shown, line in ((None, "| URG | 1.000 | 0.000 |"), ([[1]], "| URG | 1.000 | 0.500 | 0.500 | 0.500 | 0.000 |")):
-        (tmp_path / "eval" / "eval_records.json").write_text(json.dumps(records | ({"shown": {"URG": shown}} if shown else {})))
+        kept = {"shown": {"URG": shown}} if shown else {}
+        (tmp_path / "eval" / "eval_records.json").write_text(json.dumps(records | kept))
         pipeline.write_report(config(), tmp_path, tmp_path / "results")
         readme = (tmp_path / "results" / "README.md").read_text()
         assert "## Where the fused answers' facts come from" in readme and line in readme, readme

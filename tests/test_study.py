@@ -99,7 +99,8 @@ def test_study_evaluates_each_seed_on_one_test_set_with_bounds_and_summarises(tm
     assert [c[c.index("--out") + 1] for c in evaluations] == [str(tmp_path / f"results/seed{s}") for s in range(3)]
     for seed, cmd in enumerate(evaluations):
         assert {"--bounds", "--robustness"} <= set(cmd) and "--test-file" not in cmd and "--max-records" not in cmd
-        assert cmd[cmd.index("--synthetic") + 1] == "jobs/configs/study-synthetic.yaml"  # the facts' world, as make_data
+        # the world the facts were made in, as make_data was given
+        assert cmd[cmd.index("--synthetic") + 1] == "jobs/configs/study-synthetic.yaml"
         assert load_config(ROOT / cmd[cmd.index("--config") + 1], _sets(cmd)).data.test_file == "data/study2/test.jsonl"
         given = [cmd[i + 1] for i, w in enumerate(cmd) if w in ("--urg", "--ranker", "--fuser")]
         assert {f"URG={tmp_path}/out/urg-s{seed}/model", f"PairRanker={tmp_path}/out/pair_ranker-s{seed}/model",

@@ -255,8 +255,10 @@ def test_fact_sources_split_right_facts_into_shown_other_and_no_candidate():
     # r3 b2 (shown): 6 in all, 3 from shown candidates, 2 from others, 1 from none
     assert found["URG"] == {"stated": round((3 / 4 + 2 / 2 + 1 / 3) / 3, 4),
                             "shown_hold": round((2 / 4 + 0 / 2 + 2 / 3) / 3, 4),  # r1 a0, a1; r2 none; r3 b2, b3
-                            "from_shown": 0.5, "from_other_candidates": round(2 / 6, 4), "in_no_candidate": round(1 / 6, 4)}
-    assert found["Other"] == {"stated": found["URG"]["stated"], "in_no_candidate": round(1 / 6, 4)}  # no shown: no guess
+                            "from_shown": 0.5, "from_other_candidates": round(2 / 6, 4),
+                            "in_no_candidate": round(1 / 6, 4)}
+    # no shown: no guess
+    assert found["Other"] == {"stated": found["URG"]["stated"], "in_no_candidate": round(1 / 6, 4)}
     assert found["best candidate"] == {"stated": round((1 / 4 + 1 / 2 + 2 / 3) / 3, 4)}
     assert found["any candidate"] == {"stated": round((3 / 4 + 1 / 2 + 3 / 3) / 3, 4)}
     assert list(found) == ["best candidate", "any candidate", "URG", "Other"]

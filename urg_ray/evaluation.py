@@ -158,7 +158,8 @@ class Evaluator:
         """A fuser's answer per record; `shown`: per record, the indices of the candidates it was
         shown (`FusionResult.selected`), kept for `add_fact_sources`."""
         if shown is not None and len(shown) != len(self.records):
-            raise ValueError(f"row {name!r}: shown candidates for {len(shown)} records, the table has {len(self.records)}")
+            raise ValueError(f"row {name!r}: shown candidates for {len(shown)} records, "
+                             f"the table has {len(self.records)}")
         row = self._add_row(name, "fusion", self._score(list(texts), [r.output for r in self.records]))
         self.fused_texts[name] = list(texts)
         if shown is not None:
@@ -170,7 +171,8 @@ class Evaluator:
         data: `facts` is its facts file read, `config` the SyntheticConfig of its world), for eval.json/md."""
         from urg_ray.synthetic_facts import fact_sources
 
-        self.fact_sources = fact_sources(self.fused_texts, [r.id for r in self.records], facts, config, self.fused_shown)
+        self.fact_sources = fact_sources(self.fused_texts, [r.id for r in self.records], facts, config,
+                                         self.fused_shown)
         return self.fact_sources
 
     def add_bounds(self, world: Mapping[str, SyntheticExample], top_k: int = 3, rankers: Sequence[str] = (),
@@ -224,7 +226,8 @@ class Evaluator:
         """`fuse` over the records, batch_size at a time: its results (texts, or FusionResults) in record order."""
         results: list[T] = []
         for start in range(0, len(self.records), self.batch_size):
-            results += fuse(self.questions[start:start + self.batch_size], list(candidate_lists[start:start + self.batch_size]))
+            stop = start + self.batch_size
+            results += fuse(self.questions[start:stop], list(candidate_lists[start:stop]))
         return results
 
     def add_robustness(self, name: str, fuse: Fuse) -> dict[str, dict[str, float]]:

@@ -194,6 +194,7 @@ def fact_sources(texts: Mapping[str, Sequence[str]], ids: Sequence[str], facts: 
                 from_shown.append(set().union(*(c[i] for i in indices)))
             found[name] |= {"shown_hold": share(from_shown),
                             "from_shown": pooled([h & s for h, s in zip(right, from_shown)]),
-                            "from_other_candidates": pooled([(h & a) - s for h, a, s in zip(right, anywhere, from_shown)])}
+                            "from_other_candidates": pooled([(h & a) - s
+                                                             for h, a, s in zip(right, anywhere, from_shown)])}
         found[name]["in_no_candidate"] = pooled([h - a for h, a in zip(right, anywhere)])
     return found
