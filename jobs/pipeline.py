@@ -218,7 +218,7 @@ def stages(cfg: PipelineConfig, d: Path, config_path: str, results: Path) -> lis
     t = cfg.train
     split_files = {s: str(scored / f"{s}.jsonl") for s in SPLITS}
     test_facts = str(scored / "test.facts.jsonl")
-    world = str(data / "world.yaml")  # the world's knobs, for evaluate --synthetic
+    world = str(d / "world.yaml")  # the world's knobs, for evaluate --synthetic (write_world)
     data_settings = cfg.model_dump_json(include={"seed", "n", "llms", "synthetic", "split_synthetic"}) + Path(cfg.generate_config).read_text()
     return [
         # the LLMs first: they read no split, so new splits (the data stage) keep them
@@ -230,7 +230,7 @@ def stages(cfg: PipelineConfig, d: Path, config_path: str, results: Path) -> lis
               [], [str(llms / n / "config.json") for n in llm_names]
               + [str(llms / "llms_summary.json"), str(llms / "llms.md")]),
         Stage("data", [*me, "_data"], [], [str(data / "prompts.jsonl"), str(data / "test.facts.jsonl"),
-                                           str(d / "generate.yaml"), world], heavy=False, settings=data_settings),
+                                           str(d / "generate.yaml")], heavy=False, settings=data_settings),
         Stage("generate", [PY, str(JOBS / "generate.py"), "--config", str(d / "generate.yaml"),
                            "--set", f"prompts={data / 'prompts.jsonl'}", "--out", str(gen)],
               [str(data / "prompts.jsonl"), *[str(llms / n) for n in llm_names]], [str(gen / "candidates.jsonl")]),
@@ -248,7 +248,7 @@ def stages(cfg: PipelineConfig, d: Path, config_path: str, results: Path) -> lis
         Stage("evaluate", [PY, str(JOBS / "evaluate.py"), "--config", t.config, *[a for kv in t.set for a in ("--set", kv)],
                            "--urg", f"URG={d / 'train' / 'model'}", "--test-file", split_files["test"],
                            "--bounds", "--facts", test_facts, "--synthetic", world, "--out", str(d / "eval")],
-              [str(d / "train" / "model"), split_files["test"], test_facts, world], [str(d / "eval" / "eval.json")]),
+              [str(d / "train" / "model"), split_files["test"], test_facts], [str(d / "eval" / "eval.json")]),
         Stage("report", [*me, "_report", "--results", str(results)],
               [str(d / "eval" / "eval.json"), str(llms / "llms_summary.json"), str(llms / "llms.md")],
               [str(results / "README.md")], heavy=False, settings=json.dumps(cfg.llms)),
@@ -260,10 +260,8 @@ def stages(cfg: PipelineConfig, d: Path, config_path: str, results: Path) -> lis
 # ---- the pipeline's own small steps (run as stages, in a subprocess like the jobs) ------------
 def make_data(cfg: PipelineConfig, d: Path) -> None:
     """Synthetic splits (references + the cards' own answers, for reference; their facts beside
-    them), one prompts file for all three splits, so each LLM's vLLM engine starts once, and
-    world.yaml: the world knobs of `synthetic`, the world evaluate --bounds reads the facts in."""
+    them) and one prompts file for all three splits, so each LLM's vLLM engine starts once."""
     from urg_ray.data import write_records
-    from urg_ray.durable import atomic_write
     from urg_ray.synthetic import make_examples
     from urg_ray.synthetic_facts import write_facts
 
@@ -283,8 +281,20 @@ def make_data(cfg: PipelineConfig, d: Path) -> None:
     template = gen.pop("model_template")
     gen["models"] = [{**template, "name": n, "source": str((d / "llms" / n).resolve())} for n in cfg.llms]  # Ray workers may not share our cwd
     (d / "generate.yaml").write_text(yaml.safe_dump(gen, sort_keys=False))
-    with atomic_write(d / "data" / "world.yaml") as f:  # the facts' world, for jobs/evaluate.py --synthetic
-        yaml.safe_dump({k: v for k, v in cfg.synthetic.items() if k in WORLD_KNOBS}, f)
+
+
+def write_world(cfg: PipelineConfig, d: Path) -> None:
+    """world.yaml: the world knobs of `synthetic`, the world jobs/evaluate.py --synthetic reads the
+    facts in. Written by the runner, not a stage (rewritten only when it changes), so a work folder
+    made before it existed gains it without its stages running again; new knobs rerun the data
+    stage (its settings) and every stage after it."""
+    from urg_ray.durable import atomic_write
+
+    text = yaml.safe_dump({k: v for k, v in cfg.synthetic.items() if k in WORLD_KNOBS}, sort_keys=True)
+    path = d / "world.yaml"
+    if not path.is_file() or path.read_text() != text:
+        with atomic_write(path) as f:
+            f.write(text)
 
 
 def split_scored(cfg: PipelineConfig, d: Path) -> None:
@@ -364,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{s.name:13s} {'done' if is_done(d / 'stamps', s) else 'to run'}")
             return 0
         started = time.time()
+        write_world(cfg, d)
         try:
             ran = run_stages(plan, d / "stamps", args.redo_from, shlex.split(args.wrap))
         except StageFailed as err:

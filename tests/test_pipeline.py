@@ -134,8 +134,9 @@ def test_evaluate_reads_the_facts_in_the_world_the_config_made(tmp_path):
     cfg = config(n=pipeline.SplitSizes(train=1, dev=1, test=3), synthetic={"question_names_facts": True, **world})
     (evaluate,) = [s for s in pipeline.stages(cfg, tmp_path, "p.yaml", tmp_path / "results") if s.name == "evaluate"]
     pipeline.make_data(cfg, tmp_path)
+    pipeline.write_world(cfg, tmp_path)
     world_file = evaluate.command[evaluate.command.index("--synthetic") + 1]
-    assert world_file in evaluate.inputs and knobs_file(world_file) == world  # the world knobs, nothing else
+    assert knobs_file(world_file) == world  # the world knobs, nothing else (written by the runner, not a stage)
     test, facts = str(tmp_path / "data" / "test.jsonl"), str(tmp_path / "data" / "test.facts.jsonl")
     records = read_records(test)
     assert len(load_world(facts, world_file, test, records)[0]) == 3
