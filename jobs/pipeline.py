@@ -302,8 +302,9 @@ def split_scored(cfg: PipelineConfig, d: Path) -> None:
     test.jsonl the facts each generated answer states (`urg_ray.synthetic_facts.stated_facts`) with its
     question's reference facts: what jobs/evaluate.py --bounds reads."""
     from urg_ray.data import DataError, read_records, write_records
-    from urg_ray.synthetic import Fact, SyntheticExample, world_from_knobs
+    from urg_ray.synthetic import SyntheticExample, world_from_knobs
     from urg_ray.synthetic_facts import read_facts, stated_facts, write_facts
+    from urg_ray.synthetic_world import Fact
 
     world = world_from_knobs(cfg.synthetic)
     records = read_records(d / "score" / "candidates.jsonl")

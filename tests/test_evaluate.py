@@ -236,7 +236,8 @@ class _Fixed:
 
 def test_bound_rows_equal_an_independent_computation():
     from urg_ray.metrics import bleu
-    from urg_ray.synthetic import ideal_fusion, render_reference
+    from urg_ray.synthetic import ideal_fusion
+    from urg_ray.synthetic_world import render_reference
 
     examples, records = _world()
     ev = Evaluator(records, score_keys=["bleu"], metric_names=("bleu", "rouge1"))
@@ -337,10 +338,11 @@ def test_summary_over_seeds_by_hand():
 
 
 def test_fusion_rows_keep_the_candidates_they_were_shown_and_where_their_facts_come_from(tmp_path):
-    from urg_ray.synthetic import TOPICS, SyntheticConfig, _topic_pool, render_reference
+    from urg_ray.synthetic import SyntheticConfig
+    from urg_ray.synthetic_world import TOPICS, render_reference, topic_pool
 
     topic = TOPICS[0]
-    a = _topic_pool(topic, SyntheticConfig())
+    a = topic_pool(topic, SyntheticConfig())
     row = lambda *facts: [[f.subject, f.verb, f.rest] for f in facts]  # noqa: E731
     facts = {f"r{i}": {"topics": [topic], "reference_facts": row(a[0], a[1]),
                        "candidate_facts": [row(a[0]), row(a[1]), []]}

@@ -145,7 +145,7 @@ def test_evaluate_reads_the_facts_in_the_world_the_config_made(tmp_path):
 
 
 def test_each_split_asks_about_its_own_topics(tmp_path):
-    from urg_ray.synthetic import TOPICS
+    from urg_ray.synthetic_world import TOPICS
     from urg_ray.synthetic_facts import read_facts
 
     heldout = pipeline.load_pipeline_config("jobs/configs/pipeline-heldout-topics.yaml")
@@ -237,9 +237,10 @@ def test_every_pipeline_config_validates_and_names_the_facts_of_its_questions():
 def test_the_report_splits_fused_facts_by_shown_candidates_when_the_evaluation_kept_them(tmp_path):
     from dataclasses import astuple
 
-    from urg_ray.synthetic import TOPICS, SyntheticConfig, _topic_pool, render_reference
+    from urg_ray.synthetic import SyntheticConfig
+    from urg_ray.synthetic_world import TOPICS, render_reference, topic_pool
 
-    a = _topic_pool(TOPICS[0], SyntheticConfig(question_names_facts=True))
+    a = topic_pool(TOPICS[0], SyntheticConfig(question_names_facts=True))
     rows = lambda *fs: [list(astuple(f)) for f in fs]  # noqa: E731
     (tmp_path / "scored").mkdir()
     (tmp_path / "scored" / "test.facts.jsonl").write_text(json.dumps(

@@ -6,7 +6,7 @@ from statistics import mean
 import pytest
 import yaml
 
-from urg_ray import synthetic, synthetic_facts
+from urg_ray import synthetic, synthetic_facts, synthetic_world
 from urg_ray.data import Record
 from urg_ray.metrics import bleu
 
@@ -81,7 +81,7 @@ def test_task_type_is_visible_in_the_question(examples):
     for ex in examples:
         assert re.search(cue[ex.task], ex.record["instruction"]), (ex.task, ex.record["instruction"])
         assert all(t in ex.record["instruction"] + ex.record["input"] for t in ex.topics)
-    assert {ex.task for ex in examples} == set(synthetic.TASKS)
+    assert {ex.task for ex in examples} == set(synthetic_world.TASKS)
 
 
 def test_no_model_is_best_on_every_task(examples):
@@ -182,7 +182,7 @@ def test_in_the_study_world_no_candidate_holds_most_and_combining_is_needed():
     # no single candidate states half of the reference's facts correctly, in any record
     assert max(_correct_share(ex, i) for ex in examples for i in range(N_CANDIDATES)) < 0.5
     # ... nor scores like it without its style: the best style-stripped candidate per record
-    stripped = [max(bleu([synthetic.render_reference(ex.task, ex.topics_of(i), ex.candidate_facts[i])
+    stripped = [max(bleu([synthetic_world.render_reference(ex.task, ex.topics_of(i), ex.candidate_facts[i])
                           for i in range(N_CANDIDATES)], [ex.record["output"]] * N_CANDIDATES)) for ex in examples]
     top1 = mean(bleu([synthetic.ideal_fusion(ex, top_k=1) for ex in examples], refs))
     top3 = mean(bleu([synthetic.ideal_fusion(ex, top_k=3) for ex in examples], refs))
@@ -240,14 +240,14 @@ def _facts_line(topic: str, reference: list, candidates: list[list]) -> dict:
 
 def test_fact_sources_split_right_facts_into_shown_other_and_no_candidate():
     world = synthetic.SyntheticConfig()
-    t0, t1 = synthetic.TOPICS[:2]
-    a, b = (synthetic._topic_pool(t, world) for t in (t0, t1))
+    t0, t1 = synthetic_world.TOPICS[:2]
+    a, b = (synthetic_world.topic_pool(t, world) for t in (t0, t1))
     facts = {"r1": _facts_line(t0, [a[0], a[1], a[2], a[3]], [[a[0], a[5]], [a[1]], [a[2]]]),  # a[5]: a wrong fact
              "r2": _facts_line(t1, [b[0], b[1]], [[b[0]], [], []]),
              "r3": _facts_line(t1, [b[2], b[3], b[4]], [[b[2], b[3]], [b[4]], []])}
-    fused = [synthetic.render_reference("list", (t0,), (a[0], a[1], a[2], a[4])),  # 3 right, a[4] not asked
-             synthetic.render_reference("define", (t1,), (b[0], b[1])),
-             synthetic.render_reference("define", (t1,), (b[2],))]
+    fused = [synthetic_world.render_reference("list", (t0,), (a[0], a[1], a[2], a[4])),  # 3 right, a[4] not asked
+             synthetic_world.render_reference("define", (t1,), (b[0], b[1])),
+             synthetic_world.render_reference("define", (t1,), (b[2],))]
     shown = [[0, 1], [1, 2], [0]]
     found = synthetic_facts.fact_sources({"URG": fused, "Other": fused}, ["r1", "r2", "r3"], facts, world,
                                          shown={"URG": shown})
@@ -273,11 +273,12 @@ def test_fact_sources_split_right_facts_into_shown_other_and_no_candidate():
 def test_fact_sources_count_fused_facts_that_no_candidate_states():
     from dataclasses import astuple
 
-    from urg_ray.synthetic import TOPICS, SyntheticConfig, _topic_pool, render_reference
+    from urg_ray.synthetic import SyntheticConfig
+    from urg_ray.synthetic_world import TOPICS, render_reference, topic_pool
     from urg_ray.synthetic_facts import fact_sources
 
     world = SyntheticConfig(question_names_facts=True)
-    a, b = (_topic_pool(t, world) for t in TOPICS[:2])
+    a, b = (topic_pool(t, world) for t in TOPICS[:2])
     rows = lambda *fs: [list(astuple(f)) for f in fs]  # noqa: E731
     facts = {"q1": {"topics": [TOPICS[0]], "reference_facts": rows(a[0], a[1]),
                     "candidate_facts": [rows(a[0]), rows(a[2])]},  # one right fact; one fact not asked
@@ -317,7 +318,7 @@ def test_default_records_are_unchanged_by_the_question_names_facts_knob():
 
 def test_a_question_naming_its_facts_determines_the_reference():
     cfg = synthetic.SyntheticConfig(question_names_facts=True)
-    pools = {t: synthetic._topic_pool(t, cfg) for t in synthetic.TOPICS[: cfg.n_topics]}
+    pools = {t: synthetic_world.topic_pool(t, cfg) for t in synthetic_world.TOPICS[: cfg.n_topics]}
     examples = synthetic.make_examples(200, 3, seed=5, config=cfg, score=False)
     for ex in examples:
         asked = re.search(r"Say (.*)\.$", ex.record["instruction"]).group(1)
@@ -329,8 +330,8 @@ def test_a_question_naming_its_facts_determines_the_reference():
         if second:  # a compare reference alternates its topics: A, B, A, ...
             first = [f for pair in zip(first, [*second[0], None]) for f in pair if f is not None]
         # the question and the world alone rebuild the reference, in its order
-        assert synthetic.render_reference(ex.task, ex.topics, tuple(first)) == ex.record["output"]
-    assert {ex.task for ex in examples} == set(synthetic.TASKS)
+        assert synthetic_world.render_reference(ex.task, ex.topics, tuple(first)) == ex.record["output"]
+    assert {ex.task for ex in examples} == set(synthetic_world.TASKS)
 
 
 def test_named_questions_keep_the_cards_error_rates_and_a_wrong_fact_keeps_the_asked_verb():
@@ -352,15 +353,16 @@ def test_stated_facts_reads_back_the_facts_of_a_text():
     pairs = [(ex, i) for ex in examples for i, k in enumerate(ex.kinds) if k == "normal"]
     assert all(synthetic_facts.stated_facts(ex.record["candidates"][i]["text"], ex.topics) == ex.candidate_facts[i]
                for ex, i in pairs)
-    fact = synthetic._topic_pool("kiln", synthetic.SyntheticConfig())[0]
+    fact = synthetic_world.topic_pool("kiln", synthetic.SyntheticConfig())[0]
     text = f"Unlike the kiln, the harbor {fact.third_person()}. It {fact.verb} {fact.rest}x. Then zzz."
-    assert synthetic_facts.stated_facts(text, ("kiln", "harbor")) == (synthetic.Fact("harbor", fact.verb, fact.rest),)
+    assert synthetic_facts.stated_facts(text, ("kiln", "harbor")) == (
+        synthetic_world.Fact("harbor", fact.verb, fact.rest),)
 
 
 def test_question_topics_limit_what_is_asked_not_the_world():
     asked = synthetic.make_examples(300, 3, seed=4, score=False, question_names_facts=True, question_topics=[28, 40])
-    assert {t for ex in asked for t in ex.topics} == set(synthetic.TOPICS[28:40])
+    assert {t for ex in asked for t in ex.topics} == set(synthetic_world.TOPICS[28:40])
     whole = synthetic.SyntheticConfig()  # every reference fact is the default world's fact about its topic
-    assert all(f in synthetic._topic_pool(f.subject, whole) for ex in asked for f in ex.reference_facts)
+    assert all(f in synthetic_world.topic_pool(f.subject, whole) for ex in asked for f in ex.reference_facts)
     with pytest.raises(ValueError, match=r"question_topics must be \[start, stop\]"):
         synthetic.SyntheticConfig(question_topics=(39, 40))  # a compare question needs two topics

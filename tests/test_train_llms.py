@@ -44,7 +44,8 @@ def test_every_pipeline_llm_is_a_known_card_and_architecture():
 
 @pytest.mark.slow  # trains a small LLM for 600 steps on the CPU (~1-2 min on 2 free cores; no Ray)
 def test_trained_llm_states_its_topics_facts_better_than_random_init(tmp_path):
-    from urg_ray.synthetic import TOPICS, make_examples
+    from urg_ray.synthetic import make_examples
+    from urg_ray.synthetic_world import TOPICS
 
     llm = PIPELINE_LLMS["tiny-oasst"]
     named = {"question_names_facts": True}  # the pipeline's questions: they name the facts asked

@@ -5,6 +5,7 @@ The generative story, and why each part is there:
 * **A fixed world**: each topic ("kiln", "harbor", ...) owns a pool of short facts ("keeps the
   warm clay near the river") from a closed vocabulary of a few hundred words. Pools depend
   only on ``world_seed``, so all splits share one world a small tokenizer covers (:func:`corpus`).
+  The world and how its facts read live in `urg_ray.synthetic_world`.
 * **A question** shows its task type in its wording (define / list / steps / compare /
   benefits) and names a topic (two for compare; sometimes in ``input``). The reference is K
   facts from the topic's pool in a random order, in the task's template: the question names
@@ -47,8 +48,7 @@ from typing import Any
 import yaml
 
 from urg_ray.metrics import reference_scores
-
-TASKS = ("define", "list", "steps", "compare", "benefits")
+from urg_ray.synthetic_world import TASKS, TOPICS, VERBS, Fact, facts_asked, render, render_reference, topic_pool
 
 
 @dataclass(frozen=True)
@@ -85,26 +85,6 @@ MODEL_CARDS: dict[str, tuple[tuple[float, ...], Style]] = {
 }
 MODELS = tuple(MODEL_CARDS)
 REFUSALS = ("I am sorry, but I cannot answer that.", "I do not know.", "Please ask again.")
-
-TOPICS = tuple("""kiln harbor lantern orchard glacier violin compass bakery beehive canoe
-telescope volcano greenhouse library bridge windmill garden museum river desert forest castle
-market island satellite printer bicycle kettle piano tractor lighthouse meadow canyon reef
-tunnel festival village engine camera battery""".split())
-_VERBS = tuple("""hold keep carry warm cool mix build store guide protect shape clean measure
-grow feed move join split press turn fill cover mark lift pull push bend fold dry heat share
-count gather trade plant burn melt weave carve paint repair test watch follow open close catch
-collect sort wash polish balance""".split())
-_ADJECTIVES = tuple("""warm cold dry wet bright dark heavy quiet loud small large old young soft
-hard sharp smooth rough narrow wide thin thick clean fresh golden silver green red blue round
-square hollow solid early late rare common simple careful steady gentle strong deep shallow
-tall short long sweet bitter salty wooden brittle""".split())
-_NOUNS = tuple("""water sand stone clay rope glass metal wood salt grain seed leaf root wire
-paper cloth oil smoke steam ice wind shadow wheel gear frame handle blade shell feather thread
-bell lamp map path wall roof door window floor field hill valley coast fish bird horse sheep
-bread honey milk fruit flower tool coin letter song story crowd guest worker child season
-morning evening storm rain snow basket ladder mirror pocket""".split())
-_PREPOSITIONS = ("near", "under", "over", "beside", "behind", "through", "across", "into", "with", "for")
-_DETERMINERS = ("the", "a", "some", "every", "")
 
 INSTRUCTIONS = {
     "define": ("What is a {0}?", "Define the word {0}.", "Explain what a {0} is."),
@@ -165,8 +145,8 @@ class SyntheticConfig:
                   (self.off_topic_rate + self.degenerate_rate <= 1.0, "off_topic_rate + degenerate_rate > 1"),
                   (bool(self.tasks) and set(self.tasks) <= set(TASKS), f"tasks must be a subset of {TASKS}"),
                   (3 <= self.n_topics <= len(TOPICS), f"n_topics must be in [3, {len(TOPICS)}]"),
-                  (1 <= self.min_facts <= self.max_facts <= self.pool_size <= len(_VERBS),
-                   f"need 1 <= min_facts <= max_facts <= pool_size <= {len(_VERBS)}"),
+                  (1 <= self.min_facts <= self.max_facts <= self.pool_size <= len(VERBS),
+                   f"need 1 <= min_facts <= max_facts <= pool_size <= {len(VERBS)}"),
                   (self.error_scale >= 0 and self.max_words >= 5, "need error_scale >= 0 and max_words >= 5"),
                   (self.coverage > 0, "coverage must be > 0"),
                   (self.question_topics is None or (len(self.question_topics) == 2 and 0 <= self.question_topics[0]
@@ -175,24 +155,6 @@ class SyntheticConfig:
         problems = [message for ok, message in checks if not ok]
         if problems:
             raise ValueError(f"SyntheticConfig: {'; '.join(problems)}")
-
-
-@dataclass(frozen=True)
-class Fact:
-    """One fact: its subject topic and a verb phrase, e.g. ('kiln', 'keep', 'the warm clay')."""
-
-    subject: str
-    verb: str
-    rest: str
-
-    def third_person(self) -> str:
-        v = self.verb
-        if v.endswith(("s", "sh", "ch", "x", "z")):
-            return f"{v}es {self.rest}"
-        return f"{v[:-1]}ies {self.rest}" if v.endswith("y") and v[-2] not in "aeiou" else f"{v}s {self.rest}"
-
-    def base(self) -> str:
-        return f"{self.verb} {self.rest}"
 
 
 @dataclass(frozen=True)
@@ -210,51 +172,6 @@ class SyntheticExample:
 
     def topics_of(self, i: int) -> tuple[str, ...]:
         return self.candidate_topics[i] if self.candidate_topics else self.topics
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def _topic_pool(topic: str, cfg: SyntheticConfig) -> tuple[Fact, ...]:
-    """The facts the world knows about ``topic``: fixed by (world_seed, topic, pool_size)."""
-    rng = random.Random(f"urg-synthetic-world/{cfg.world_seed}/{topic}")
-    facts = []
-    for verb in rng.sample(_VERBS, cfg.pool_size):  # distinct verbs keep facts apart
-        det, adj = rng.choice(_DETERMINERS), rng.choice(_ADJECTIVES)
-        det = _article(adj) if det == "a" else det
-        words = [det, adj, rng.choice(_NOUNS)] if det else [adj, rng.choice(_NOUNS)]
-        if rng.random() < 0.35:
-            words += [rng.choice(_PREPOSITIONS), "the", rng.choice(_NOUNS)]
-        facts.append(Fact(topic, verb, " ".join(words)))
-    return tuple(facts)
-
-
-def render(task: str, topics: tuple[str, ...], facts: tuple[Fact, ...]) -> list[str]:
-    """The task template's sentences (capitalised, no final punctuation) stating ``facts``."""
-    sentences = []
-    for i, fact in enumerate(facts):
-        t = topics[0]
-        if task == "define":
-            s = f"{_article(t)} {t} is a thing that {fact.third_person()}" if i == 0 else f"it {fact.third_person()}"
-        elif task == "list":
-            s = f"the {fact.subject} {fact.third_person()}"
-        elif task == "steps":
-            s = f"{'first' if i == 0 else 'finally' if i == len(facts) - 1 else 'next'}, {fact.base()}"
-        elif task == "compare":
-            other = next((o for o in topics if o != fact.subject), topics[-1])
-            s = f"unlike the {other}, the {fact.subject} {fact.third_person()}"
-        elif task == "benefits":
-            s = f"{_article(t)} {t} helps you {fact.base()}" if i == 0 else f"it also helps you {fact.base()}"
-        else:
-            raise ValueError(f"unknown task {task!r}; known: {TASKS}")
-        sentences.append(s[0].upper() + s[1:])
-    return sentences
-
-
-def render_reference(task: str, topics: tuple[str, ...], facts: tuple[Fact, ...]) -> str:
-    """The reference-style text of ``facts``: one sentence per fact, no model style."""
-    return " ".join(s + "." for s in render(task, topics, facts))
 
 
 def ideal_fusion(example: SyntheticExample, top_k: int = 3, metric: str = "bleu") -> str:
@@ -279,17 +196,6 @@ def strip_style(example: SyntheticExample, i: int) -> str:
     """Candidate ``i`` without its model's style: the facts it states, right and wrong, in its own
     order, in the reference's wording (what it says, as the reference would say it)."""
     return render_reference(example.task, example.topics_of(i), example.candidate_facts[i])
-
-
-def facts_asked(topics: tuple[str, ...], facts: tuple[Fact, ...]) -> str:
-    """The sentence a ``question_names_facts`` question ends with: each topic's verbs, in the
-    reference's order (a compare reference alternates its two topics, so this fixes its order)."""
-    def listed(words: list[str]) -> str:
-        return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
-
-    parts = [f"what the {t} does to {listed([f.verb for f in facts if f.subject == t])}"
-             for t in topics if any(f.subject == t for f in facts)]
-    return f"Say {', and '.join(parts)}."
 
 
 def _reference(rng: random.Random, topics: tuple[str, ...], pools: dict[str, tuple[Fact, ...]],
@@ -460,7 +366,7 @@ def make_examples(n: int, n_candidates: int = 8, seed: int = 0, config: Syntheti
         raise ValueError(f"n_candidates must be in [1, {len(MODELS)}], got {n_candidates}")
     prefix = f"synthetic/{seed}" if id_prefix is None else id_prefix
     rng = random.Random(seed)
-    pools = {t: _topic_pool(t, cfg) for t in TOPICS[: cfg.n_topics]}
+    pools = {t: topic_pool(t, cfg) for t in TOPICS[: cfg.n_topics]}
     asked = list(pools)[slice(*cfg.question_topics)] if cfg.question_topics else list(pools)
     models = list(MODELS[:n_candidates])
     examples = []
@@ -513,7 +419,7 @@ def corpus(n_records: int = 2000, seed: int = 0, n_candidates: int = len(MODELS)
     and candidate texts of ``n_records`` (unscored) records."""
     cfg = _config(config, knobs)
     for topic in TOPICS[: cfg.n_topics]:
-        yield render_reference("list", (topic,), _topic_pool(topic, cfg))
+        yield render_reference("list", (topic,), topic_pool(topic, cfg))
     for ex in make_examples(n_records, n_candidates, seed, cfg, score=False):
         rec = ex.record
         yield from (t for t in (rec["instruction"], rec["input"], rec["output"]) if t)

@@ -11,7 +11,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from urg_ray.synthetic import _VERBS, TASKS, TOPICS, Fact, SyntheticConfig, SyntheticExample, _topic_pool, render_reference
+from urg_ray.synthetic import SyntheticConfig, SyntheticExample
+from urg_ray.synthetic_world import TASKS, TOPICS, VERBS, Fact, render_reference, topic_pool
 
 
 @functools.lru_cache(maxsize=8)
@@ -19,8 +20,8 @@ def _world_tables(cfg: SyntheticConfig) -> tuple[list[str], dict[str, str], re.P
     """A world's objects (longest first), verb forms -> verb, and the topic and verb patterns:
     built once per world, not once per answer read."""
     world = TOPICS[: cfg.n_topics]
-    objects = sorted({f.rest for t in world for f in _topic_pool(t, cfg)}, key=len, reverse=True)
-    verbs = {Fact("", v, "").third_person().strip(): v for v in _VERBS} | {v: v for v in _VERBS}
+    objects = sorted({f.rest for t in world for f in topic_pool(t, cfg)}, key=len, reverse=True)
+    verbs = {Fact("", v, "").third_person().strip(): v for v in VERBS} | {v: v for v in VERBS}
     topic_re = re.compile(r"\b(" + "|".join(world) + r")\b")
     verb_re = re.compile(r"\b(" + "|".join(sorted(verbs, key=len, reverse=True)) + r") ")
     return objects, verbs, topic_re, verb_re
@@ -133,7 +134,7 @@ def world_mismatch(facts: Mapping[str, Mapping[str, Any]], config: SyntheticConf
     ``config`` describes (its topics, ``pool_size`` and ``world_seed``), else what is not: facts
     read in another world are misread (:func:`stated_facts` knows its world's objects only)."""
     cfg = config or SyntheticConfig()
-    known = {f for t in TOPICS[: cfg.n_topics] for f in _topic_pool(t, cfg)}
+    known = {f for t in TOPICS[: cfg.n_topics] for f in topic_pool(t, cfg)}
     for record_id, line in facts.items():
         for row in line["reference_facts"]:
             if Fact(*row) not in known:

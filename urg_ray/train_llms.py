@@ -242,9 +242,10 @@ def reference_fact_recall(answer: str, example, config=None) -> float:
 def topic_fact_recall(answer: str, topics: tuple[str, ...], world_seed: int = 0) -> float:
     """Share of the answer's content words that belong to the facts of its question's topics
     (an answer naming none of them scores 0)."""
-    from urg_ray.synthetic import SyntheticConfig, _topic_pool
+    from urg_ray.synthetic import SyntheticConfig
+    from urg_ray.synthetic_world import topic_pool
 
-    vocab = {w for t in topics for f in _topic_pool(t, SyntheticConfig(world_seed=world_seed))
+    vocab = {w for t in topics for f in topic_pool(t, SyntheticConfig(world_seed=world_seed))
              for w in f"{f.verb} {f.rest}".split() if w not in ("the", "a", "an", "some", "every")}
     words = [w.strip(".,!?:").lower() for w in answer.split()]
     hits = [w for w in words if w in vocab]
