@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from urg_ray.data import Collator, DataError, Record, as_records, quality, quality_matrix, read_records, write_records
+from urg_ray.collate import Collator, quality_matrix
+from urg_ray.data import DataError, Record, as_records, quality, read_records, write_records
 from urg_ray.presets import tiny_tokenizer
 
 from conftest import make_record
