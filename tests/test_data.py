@@ -1,12 +1,16 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-import torch
 
-from urg_ray.data import Collator, DataError, Record, as_records, quality, quality_matrix, read_records, write_records
-from urg_ray.presets import tiny_tokenizer
+from urg_ray.data import DataError, Record, quality, read_records, write_records
 
 from conftest import make_record
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MIXINSTRUCT_LINE = {
     "id": "unified_chip2/69962", "instruction": "", "input": "What is a skeptic?", "output": "Someone who doubts.",
@@ -123,31 +127,14 @@ def test_quality_prefers_bartscore_then_the_configured_fallbacks():
         quality(record, ["bleurt"])
 
 
-def test_quality_matrix_pads_each_record_with_minus_inf():
-    rows = [make_record(0, n=2).model_dump(), make_record(1, n=3)]  # a dict row and a Record
-    records = as_records(rows)
-    assert records[0] == make_record(0, n=2) and records[1] is rows[1]
-    assert quality_matrix(records).tolist() == [[0.0, 10.0, float("-inf")], [0.0, 10.0, 20.0]]
-
-
-def test_collator_builds_question_response_pairs_and_labels():
-    tok = tiny_tokenizer()
-    collate = Collator(tok, source_max_length=16, candidate_max_length=8, target_max_length=6)
-    batch = collate([make_record(0, n=2), make_record(1, n=3)])
-    assert batch.input_ids.shape[:2] == (2, 3)
-    assert batch.candidate_mask.tolist() == [[True, True, False], [True, True, True]]
-    first = tok.decode(batch.input_ids[0, 1][batch.attention_mask[0, 1].bool()])
-    assert first.replace(" ", "") == "<Question>question0:wheredidthecatsit?</s><response>answer1thecat</s>"
-    assert batch.quality[0].tolist() == [0.0, 10.0, float("-inf")]
-    assert (batch.labels[:, -1] == tok.eos_token_id).any() and batch.labels.shape[1] <= 6
-    assert torch.all(batch.input_ids[0, 2] == tok.pad_token_id)
-
-
-def test_empty_strings_are_valid_candidates():
-    tok = tiny_tokenizer()
-    batch = Collator(tok).encode_pairs([""], [["", "x"]])
-    # <Question> </s> <response> </s>: four template tokens, nothing else
-    assert batch.attention_mask[0, 0].sum().item() == 4
+def test_reading_and_writing_records_does_not_import_torch():
+    """Jobs that only read, check or write records (score, make_data, the pipeline's data stage)
+    start without torch: the tensors are urg_ray.collate's."""
+    script = "import sys, urg_ray.data; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 # ---- Unicode, streaming, bad bytes and non-standard numbers (issue 13) -------------------------

@@ -67,7 +67,7 @@ def test_sampling_parameters_are_accepted():
 
 
 def test_a_20_turn_chat_keeps_its_last_user_turn_through_urgs_truncation():
-    from urg_ray.data import Collator
+    from urg_ray.collate import Collator
     from urg_ray.presets import tiny_tokenizer
 
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "filler words " * 20}

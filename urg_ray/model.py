@@ -23,8 +23,8 @@ from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig
 from transformers.modeling_outputs import BaseModelOutput
 
 from urg_ray import losses
+from urg_ray.collate import Batch, Collator
 from urg_ray.config import LossConfig, ModelConfig
-from urg_ray.data import Batch, Collator
 from urg_ray.positions import POSITIONS_FILE, AbsolutePositions
 from urg_ray.presets import PRESETS, lookup_preset, pretrained_encoder_decoder, set_dropout, t5_config, tiny_tokenizer
 from urg_ray.protocol import RankerFuser

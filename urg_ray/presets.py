@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Mapping, TypeVar
 
 from transformers import PreTrainedTokenizerFast, T5Config
 
-from urg_ray.data import QUESTION_TOKEN, RESPONSE_TOKEN
+from urg_ray.collate import QUESTION_TOKEN, RESPONSE_TOKEN
 
 TINY_TOKENIZER = Path(__file__).parent / "assets" / "tiny-tokenizer.json"
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", QUESTION_TOKEN, RESPONSE_TOKEN]  # ids 0..4, as T5 orders them

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from urg_ray import metrics
-from urg_ray.data import Collator, Record, quality
+from urg_ray.collate import Collator
+from urg_ray.data import Record, quality
 from urg_ray.saving import Pretrained
 
 if TYPE_CHECKING:

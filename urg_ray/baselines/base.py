@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from urg_ray.baselines.presets import BASELINE_CONFIG_FILE, HEAD_FILE, BaselineConfig
-from urg_ray.data import Batch, Collator, check_candidate_lists
+from urg_ray.collate import Batch, Collator, check_candidate_lists
 from urg_ray.positions import POSITIONS_FILE
 from urg_ray.protocol import RankerFuser
 
@@ -74,7 +74,7 @@ def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 class RankerCollator(Collator):
     """Tokenizes x and each y_i once, truncated separately (LLM-Blender: 128 tokens each);
-    `__call__(records)` adds labels and ground-truth quality as `urg_ray.data.Collator` does."""
+    `__call__(records)` adds labels and ground-truth quality as `urg_ray.collate.Collator` does."""
 
     def encode_pairs(self, questions: Sequence[str], candidates: Sequence[Sequence[str]]) -> RankerBatch:
         check_candidate_lists(questions, candidates)

@@ -24,7 +24,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5ForConditionalG
 from urg_ray import losses
 from urg_ray.baselines.base import Baseline, pad_rows
 from urg_ray.baselines.presets import BaselineConfig, fuser_tokenizer
-from urg_ray.data import Batch, Collator, Record, as_records, check_candidate_lists, quality_matrix
+from urg_ray.collate import Batch, Collator, check_candidate_lists, quality_matrix
+from urg_ray.data import Record, as_records
 from urg_ray.model import FusionResult, fused_all_note, fusion_top_k, select_top_k
 from urg_ray.positions import AbsolutePositions
 from urg_ray.presets import PRESETS, lookup_preset, t5_config
