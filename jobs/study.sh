@@ -54,13 +54,14 @@ for seed in $SEEDS; do  # seed by seed, so that a partial study is already one w
   train "urg-s$seed"         --set "train.seed=$seed"
   train "pair_ranker-s$seed" --set method=pair_ranker "${RANKER[@]}" --set "train.seed=$seed"
   train "gen_fuser-s$seed"   --set method=gen_fuser --set "train.seed=$seed"
-  if [ "$seed" = 0 ]; then  # Table 3's ablations and Table 2's other rankers: seed 0 only
-    train urg-no-rank    --set loss.rank_loss=false
-    train urg-no-erm     --set loss.erm=false
-    train summa_reranker --set method=summa_reranker "${RANKER[@]}"
-    train simcls         --set method=simcls "${RANKER[@]}"
+  if [ "$seed" = 0 ]; then  # Table 3's ablations: seed 0 only
+    train urg-no-rank --set loss.rank_loss=false
+    train urg-no-erm  --set loss.erm=false
   fi
 done
+# Table 2's other rankers (seed 0) last: the issue's comparison (URG, LLM-Blender, 3 seeds) comes first
+train summa_reranker --set method=summa_reranker "${RANKER[@]}"
+train simcls         --set method=simcls "${RANKER[@]}"
 [ -z "${STUDY_ONLY:-}" ] || exit 0
 
 folders=()

@@ -89,6 +89,9 @@ def test_study_trains_every_method_on_the_same_records_with_seeds_and_a_cap(tmp_
         assert all(runs[f"study2-{method}-s{s}"].method == method for s in range(3))
     assert not runs["study2-urg-no-rank"].loss.rank_loss and not runs["study2-urg-no-erm"].loss.erm
     assert {cfg.method for cfg in runs.values()} == {"urg", "pair_ranker", "summa_reranker", "simcls", "gen_fuser"}
+    # the issue's comparison first, seed by seed (a partial study is one whole comparison); Table 2's rankers last
+    assert list(runs)[-2:] == ["study2-summa_reranker", "study2-simcls"]
+    assert list(runs)[:3] == ["study2-urg-s0", "study2-pair_ranker-s0", "study2-gen_fuser-s0"]
     data = load_config(ROOT / "jobs/configs/study.yaml").data
     assert data.n_test >= 500
 
