@@ -218,7 +218,8 @@ def stages(cfg: PipelineConfig, d: Path, config_path: str, results: Path) -> lis
     t = cfg.train
     split_files = {s: str(scored / f"{s}.jsonl") for s in SPLITS}
     test_facts = str(scored / "test.facts.jsonl")
-    world = str(d / "world.yaml")  # the world's knobs, for evaluate --synthetic (write_world)
+    # the world's knobs, for evaluate --synthetic (write_world): the split stage's facts have none beside them
+    world = str(d / "world.yaml")
     data_settings = cfg.model_dump_json(include={"seed", "n", "llms", "synthetic", "split_synthetic"}) + Path(cfg.generate_config).read_text()
     return [
         # the LLMs first: they read no split, so new splits (the data stage) keep them

@@ -1,6 +1,6 @@
 """The latent facts of synthetic records (`urg_ray.synthetic`), outside the generator: the facts
-file written beside a data set and read back for evaluation bounds, and the facts a free text
-(an LLM's answer) states."""
+file written beside a data set and read back for evaluation bounds (with the knobs of the world
+it was made in beside it), and the facts a free text (an LLM's answer) states."""
 
 from __future__ import annotations
 
@@ -50,6 +50,26 @@ def facts_path(records_path: str | os.PathLike) -> str:
     path = os.fspath(records_path)
     stem = path[: -len(".jsonl")] if path.endswith(".jsonl") else path
     return f"{stem}.facts.jsonl"
+
+
+def world_path(facts_file: str | os.PathLike) -> str:
+    """Where :func:`write_world_knobs` puts the world of a facts file: ``test.facts.jsonl`` -> ``test.world.yaml``."""
+    path = os.fspath(facts_file)
+    stem = next((path[: -len(s)] for s in (".facts.jsonl", ".jsonl") if path.endswith(s)), path)
+    return f"{stem}.world.yaml"
+
+
+def write_world_knobs(path: str | os.PathLike, knobs: Mapping[str, Any]) -> None:
+    """The SyntheticConfig knobs a data set was made with, as given (the rest keep their defaults):
+    a YAML mapping that :func:`urg_ray.synthetic.knobs_file` reads back, as datasets keep a
+    dataset's config beside its data."""
+    import yaml
+
+    from urg_ray.durable import atomic_write
+
+    with atomic_write(path) as f:
+        f.write("# urg_ray.synthetic.SyntheticConfig knobs this data set was made with (the rest: defaults)\n")
+        f.write(yaml.safe_dump(dict(knobs), sort_keys=True))
 
 
 def _fact_list(facts: Iterable[Fact]) -> list[list[str]]:
