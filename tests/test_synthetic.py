@@ -68,6 +68,18 @@ def test_config_object_and_knobs():
         synthetic.SyntheticConfig(off_topic_rate=1.5)
 
 
+def test_a_knobs_file_sets_the_optional_question_topics_or_leaves_it_null(tmp_path):
+    knobs = tmp_path / "world.yaml"
+    knobs.write_text("question_topics: [2, 6]\npool_size: 12\n")
+    config = synthetic.SyntheticConfig(**synthetic.knobs_file(knobs))
+    assert config.question_topics == (2, 6) and config.pool_size == 12
+    knobs.write_text("question_topics: null\n")
+    assert synthetic.SyntheticConfig(**synthetic.knobs_file(knobs)) == synthetic.SyntheticConfig()
+    knobs.write_text("question_topics: 3\n")
+    with pytest.raises(ValueError, match="question_topics needs a list or null"):
+        synthetic.knobs_file(knobs)
+
+
 def test_twelve_candidates_and_limits():
     rec = synthetic.make_dataset(2, 12, seed=0, metrics=("bleu",))[0]
     assert len({c["model"] for c in rec["candidates"]}) == 12

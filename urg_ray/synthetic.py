@@ -329,6 +329,10 @@ def typed_knob(key: str, value: Any, where: str) -> Any:
     if key not in names:
         raise ValueError(f"{where}: unknown knob {key!r}; known: {sorted(names)}")
     default = getattr(SyntheticConfig(), key)
+    if default is None:  # an optional pair (question_topics): null, or a YAML list
+        if value is None or isinstance(value, list):
+            return None if value is None else tuple(value)
+        raise ValueError(f"{where}: {key} needs a list or null (default null), got {value!r}")
     if isinstance(default, tuple):
         value = tuple(value) if isinstance(value, list) else (value,)
     elif isinstance(default, float) and type(value) is int:
