@@ -22,7 +22,7 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
     import shutil
 
     from urg_ray.evaluation import paired_bootstrap
-    from urg_ray.evaluation_report import BOUNDS_NOTE
+    from urg_ray.evaluation_report import BOUNDS_NOTE, fact_sources_markdown
 
     evaluation = json.loads((d / "eval" / "eval.json").read_text())
     records = json.loads((d / "eval" / "eval_records.json").read_text())
@@ -60,7 +60,6 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
               "| row | metric | mean difference | 95% interval |", "|---|---|---|---|"]
     lines += [f"| {row} | {m} | {b['mean']:+.4g} | [{b['low']:+.4g}, {b['high']:+.4g}] |" for (row, m), b in margins.items()]
     if records.get("texts") and (d / "scored" / "test.facts.jsonl").is_file():
-        from urg_ray.evaluation_report import fact_sources_markdown
         from urg_ray.synthetic import world_from_knobs
         from urg_ray.synthetic_facts import fact_sources, read_facts
 
@@ -70,18 +69,7 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
                                    world_from_knobs(cfg.synthetic), shown=records.get("shown"))
         except ValueError as err:
             raise ReportError(f"{facts_file} and {d / 'eval' / 'eval_records.json'}: {err}") from None
-        if records.get("shown"):  # the indices each fusion was shown: the table of eval.md
-            lines += ["", *fact_sources_markdown(sources)]
-        else:  # an eval_records.json written before evaluate.py kept `shown`: the older, shorter table
-            lines += ["", "## Where the fused answers' facts come from", "",
-                      "Share of the reference's facts stated (`urg_ray.synthetic_facts.stated_facts`), per test "
-                      "question, averaged; for a fused row, the share of its right facts that no candidate of the "
-                      "question states (at most what the fuser remembers of its training references: some it may "
-                      "have put together from a candidate's object and the question's verb).", "",
-                      "| row | reference facts stated | of them, in no candidate |", "|---|---|---|"]
-            lines += [f"| {name} | {s['stated']:.3f} | "
-                      + (f"{s['in_no_candidate']:.3f}" if "in_no_candidate" in s else "") + " |"
-                      for name, s in sources.items()]
+        lines += ["", *fact_sources_markdown(sources)]  # the table of eval.md
     llms = json.loads((d / "llms" / "llms_summary.json").read_text())
     lines += ["", "## The candidate LLMs (jobs/train_llms.py), on held-out synthetic questions", "",
               "Sampled at temperature 1 (the transformers engine of urg_ray.llms); BLEU per task. Full: [llms.md](llms.md).", "",

@@ -234,10 +234,12 @@ def test_every_pipeline_config_validates_and_names_the_facts_of_its_questions():
             assert pipeline.load_pipeline_config(str(path)).synthetic == {"question_names_facts": True}, path
 
 
-def test_the_report_splits_fused_facts_by_shown_candidates_when_the_evaluation_kept_them(tmp_path):
+def test_the_report_tables_where_fused_facts_come_from_as_eval_md_does(tmp_path):
     from dataclasses import astuple
 
-    from urg_ray.synthetic import SyntheticConfig
+    from urg_ray.evaluation_report import fact_sources_markdown
+    from urg_ray.synthetic import SyntheticConfig, world_from_knobs
+    from urg_ray.synthetic_facts import fact_sources, read_facts
     from urg_ray.synthetic_world import TOPICS, render_reference, topic_pool
 
     a = topic_pool(TOPICS[0], SyntheticConfig(question_names_facts=True))
@@ -258,13 +260,18 @@ def test_the_report_splits_fused_facts_by_shown_candidates_when_the_evaluation_k
     (tmp_path / "llms" / "llms_summary.json").write_text("{}")
     records = {"ids": ["q1"], "rows": {n: {"bleu": [1.0]} for n in ("tiny-oasst", "tiny-koala", "URG")},
                "texts": {"URG": [render_reference("define", (TOPICS[0],), (a[0], a[1]))]}}
-    for shown, line in ((None, "| URG | 1.000 | 0.000 |"), ([[1]], "| URG | 1.000 | 0.500 | 0.500 | 0.500 | 0.000 |")):
+    # URG states a0 and a1, both reference facts; candidate 0 holds a0, candidate 1 holds a1
+    for shown, line in (([[1]], "| URG | 1.000 | 0.500 | 0.500 | 0.500 | 0.000 |"),  # shown candidate 1 only
+                        (None, "| URG | 1.000 |  |  |  | 0.000 |")):  # no shown indices: their cells empty
         kept = {"shown": {"URG": shown}} if shown else {}
         (tmp_path / "eval" / "eval_records.json").write_text(json.dumps(records | kept))
         pipeline.write_report(config(), tmp_path, tmp_path / "results")
-        readme = (tmp_path / "results" / "README.md").read_text()
-        assert "## Where the fused answers' facts come from" in readme and line in readme, readme
-        assert ("| row | reference facts stated | of them, in no candidate |" in readme) == (shown is None)
+        readme = (tmp_path / "results" / "README.md").read_text().splitlines()
+        table = fact_sources_markdown(fact_sources(records["texts"], records["ids"],
+                                                   read_facts(tmp_path / "scored" / "test.facts.jsonl"),
+                                                   world_from_knobs(config().synthetic), shown=kept.get("shown")))
+        start = readme.index("## Where the fused answers' facts come from")
+        assert readme[start:start + len(table) + 1] == [*table, ""] and line in table, readme
 
 
 def test_the_report_with_no_member_row_names_the_file(tmp_path, capsys):
