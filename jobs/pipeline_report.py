@@ -41,7 +41,8 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
         shutil.copy(d / "llms" / name, results / name)
     lines = [f"# The closed loop: {', '.join(members)} -> vLLM -> URG (jobs/pipeline.py)", "",
              f"{evaluation['n_records']} held-out test questions; candidates sampled by the trained tiny LLMs on "
-             "vLLM (ray.data.llm), URG trained on their scored train-split answers. Full table: [eval.md](eval.md).", "",
+             "vLLM (ray.data.llm), URG trained on their scored train-split answers. "
+             "Full table: [eval.md](eval.md).", "",
              "| row | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     shown = [n for n, r in rows.items() if r["kind"] != "oracle" or n == "Oracle (bleu)"]  # the rest: eval.md
     lines += [f"| {name} | " + " | ".join(f"{rows[name]['scores'][m]:.4g}" for m in metrics) + " |" for name in shown]
@@ -58,7 +59,8 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
                   f"({verdict}).", ""]
     lines += ["Paired bootstrap (10,000 resamples of the test questions, 95%) of row minus best member:", "",
               "| row | metric | mean difference | 95% interval |", "|---|---|---|---|"]
-    lines += [f"| {row} | {m} | {b['mean']:+.4g} | [{b['low']:+.4g}, {b['high']:+.4g}] |" for (row, m), b in margins.items()]
+    lines += [f"| {row} | {m} | {b['mean']:+.4g} | [{b['low']:+.4g}, {b['high']:+.4g}] |"
+              for (row, m), b in margins.items()]
     if records.get("texts") and (d / "scored" / "test.facts.jsonl").is_file():
         from urg_ray.synthetic import world_from_knobs
         from urg_ray.synthetic_facts import fact_sources, read_facts
@@ -72,10 +74,12 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
         lines += ["", *fact_sources_markdown(sources)]  # the table of eval.md
     llms = json.loads((d / "llms" / "llms_summary.json").read_text())
     lines += ["", "## The candidate LLMs (jobs/train_llms.py), on held-out synthetic questions", "",
-              "Sampled at temperature 1 (the transformers engine of urg_ray.llms); BLEU per task. Full: [llms.md](llms.md).", "",
+              "Sampled at temperature 1 (the transformers engine of urg_ray.llms); BLEU per task. "
+              "Full: [llms.md](llms.md).", "",
               (d / "llms" / "llms.md").read_text(), "", "Training: " + json.dumps(llms.get("config", {})), ""]
     if (results / "notes.md").is_file():
         lines += ["Notes on what the LLMs and this run show: [notes.md](notes.md).", ""]
     stamps = {p.stem: json.loads(p.read_text()).get("wall_s") for p in sorted((d / "stamps").glob("*.json"))}
-    lines += ["Wall time per stage (s, the stamps of the last invocation: a stage kept from an earlier run shows its rerun): " + json.dumps(stamps), ""]
+    lines += ["Wall time per stage (s, the stamps of the last invocation: a stage kept from an earlier run shows "
+              "its rerun): " + json.dumps(stamps), ""]
     (results / "README.md").write_text("\n".join(lines))

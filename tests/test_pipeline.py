@@ -107,7 +107,8 @@ def test_the_real_stages_chain_outputs_to_inputs(tmp_path):
         assert all(any(p == o or o.startswith(p + "/") for o in made) for p in s.inputs), s.name
         made |= set(s.outputs)
     (train,) = [s for s in plan if s.name == "train"]  # its checkpoints are the folder start_fresh removes
-    assert [f"train.storage_path={f}" for f in train.fresh] == [a for a in train.command if a.startswith("train.storage_path=")]
+    assert [f"train.storage_path={f}" for f in train.fresh] == [a for a in train.command
+                                                                 if a.startswith("train.storage_path=")]
 
 
 def test_data_step_writes_prompts_and_a_generate_config_per_llm(tmp_path):
@@ -117,7 +118,8 @@ def test_data_step_writes_prompts_and_a_generate_config_per_llm(tmp_path):
     assert [p["id"] for p in prompts] == ["train/0", "train/1", "train/2", "dev/0", "dev/1", "test/0", "test/1"]
     gen = yaml.safe_load((tmp_path / "generate.yaml").read_text())
     assert [(m["name"], m["source"], m["chat"]) for m in gen["models"]] == [
-        ("tiny-oasst", str(tmp_path / "llms" / "tiny-oasst"), True), ("tiny-koala", str(tmp_path / "llms" / "tiny-koala"), True)]
+        ("tiny-oasst", str(tmp_path / "llms" / "tiny-oasst"), True),
+        ("tiny-koala", str(tmp_path / "llms" / "tiny-koala"), True)]
     from urg_ray.generate_config import GenerateConfig
 
     GenerateConfig.model_validate(gen)  # what jobs/generate.py will load
@@ -215,7 +217,8 @@ def test_report_compares_urg_with_its_best_member_by_a_paired_bootstrap(tmp_path
     (lambda c: c.update(split_synthetic={"test": {"question_topics": [39, 40]}}),
      r"split_synthetic: .*test: .*question_topics must be"),
     (lambda c: c.update(split_synthetic={"valid": {}}), r"split_synthetic.valid"),
-    (lambda c: c.update(split_synthetic={"test": {"pool_size": 12}}), r"split_synthetic: .*test: pool_size changes the world"),
+    (lambda c: c.update(split_synthetic={"test": {"pool_size": 12}}),
+     r"split_synthetic: .*test: pool_size changes the world"),
 ])
 def test_a_bad_config_key_is_a_named_error_before_any_stage(tmp_path, capsys, edit, message):
     tree = yaml.safe_load(Path("jobs/configs/pipeline-smoke.yaml").read_text())
@@ -278,7 +281,8 @@ def test_the_report_with_no_member_row_names_the_file(tmp_path, capsys):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "eval.json").write_text(json.dumps({"n_records": 1, "metrics": ["bleu"], "rows": [
         {"name": "Random", "kind": "selection", "scores": {"bleu": 1.0}, "correlation": {}}]}))
-    (tmp_path / "eval" / "eval_records.json").write_text(json.dumps({"ids": ["x"], "rows": {"Random": {"bleu": [1.0]}}}))
+    (tmp_path / "eval" / "eval_records.json").write_text(
+        json.dumps({"ids": ["x"], "rows": {"Random": {"bleu": [1.0]}}}))
     with pytest.raises(pipeline.ReportError, match=r"eval.json: none of the LLMs \['tiny-oasst', 'tiny-koala'\]"):
         pipeline.write_report(config(), tmp_path, tmp_path / "results")
 

@@ -53,7 +53,8 @@ def test_a_candidate_without_fallback_keeps_its_source(tmp_path, monkeypatch):
         (tmp_path / name).mkdir(parents=True)  # a folder of the same name here changes nothing
     monkeypatch.chdir(tmp_path)
     for args in (CandidateArgs(name="c", kind="transformers", model_source="org/hub-model"),
-                 CandidateArgs(name="remote", kind="openai", base_url="http://127.0.0.1:9/v1", remote_model="gpt-4o-mini"),
+                 CandidateArgs(name="remote", kind="openai", base_url="http://127.0.0.1:9/v1",
+                               remote_model="gpt-4o-mini"),
                  CandidateArgs(name="echo", kind="canned", answers=["hi"])):
         assert served_source(args) == (args, False)
 
