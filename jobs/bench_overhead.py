@@ -83,17 +83,21 @@ def overhead_main(argv: list[str]) -> int:
     from urg_ray import overhead, overhead_report
 
     parser = argparse.ArgumentParser(prog="benchmark.py overhead", description=overhead.__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/results", help="writes OUT/performance.{json,md} (default: docs/results)")
+    parser.add_argument("--out", default="docs/results",
+                        help="writes OUT/performance.{json,md} (default: docs/results)")
     parser.add_argument("--pairs", default=",".join(overhead_report.PAIRS),
-                        help=f"comma-separated subset of {','.join(overhead_report.PAIRS)}; the others keep their last figures")
+                        help=f"comma-separated subset of {','.join(overhead_report.PAIRS)}; "
+                             "the others keep their last figures")
     parser.add_argument("--tiny", action="store_true", help="a few steps/prompts/requests per pair: checks the harness")
     parser.add_argument("--note", action="append", default=[], help="a paragraph for performance.md (repeatable)")
     args = parser.parse_args(argv)
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
     unknown = sorted(set(pairs) - set(overhead_report.PAIRS))
     if unknown:
-        return bad_input(ValueError(f"--pairs: unknown {', '.join(unknown)} (known: {', '.join(overhead_report.PAIRS)})"))
-    size = dict(training={"steps": 6, "log_every": 2}, generation={"n_prompts": 8}, serving={"repeats": 8, "clients": 4},
+        return bad_input(ValueError(f"--pairs: unknown {', '.join(unknown)} "
+                                    f"(known: {', '.join(overhead_report.PAIRS)})"))
+    size = dict(training={"steps": 6, "log_every": 2}, generation={"n_prompts": 8},
+                serving={"repeats": 8, "clients": 4},
                 scoring={"n_records": 16, "n_candidates": 4}) if args.tiny else {}
     results = {}
     for pair in pairs:

@@ -65,15 +65,17 @@ def main() -> int:
             path = Path(tmp) / name
             start = time.perf_counter()
             n = make_file(path, args.mb * 2**20)
-            print(f"{name}: {path.stat().st_size / 2**20:.0f} MiB, {n} records (made in {time.perf_counter() - start:.0f} s)",
-                  flush=True)
+            print(f"{name}: {path.stat().st_size / 2**20:.0f} MiB, {n} records "
+                  f"(made in {time.perf_counter() - start:.0f} s)", flush=True)
             for how in ("iter_records", "read_records"):
                 out = subprocess.run([sys.executable, "-c", MEASURE, str(path), how], capture_output=True, text=True,
                                      check=True, cwd=Path(__file__).resolve().parents[1])
                 count, seconds, base_kb, peak_kb = out.stdout.split()
                 print(f"  {how:12s}: {int(count)} records in {float(seconds):.1f} s "
-                      f"({path.stat().st_size / 2**20 / float(seconds):.0f} MiB/s); peak RSS {int(peak_kb) / 2**10:.0f} MiB "
-                      f"({(int(peak_kb) - int(base_kb)) / 2**10:.0f} MiB above the {int(base_kb) / 2**10:.0f} MiB after imports)",
+                      f"({path.stat().st_size / 2**20 / float(seconds):.0f} MiB/s); "
+                      f"peak RSS {int(peak_kb) / 2**10:.0f} MiB "
+                      f"({(int(peak_kb) - int(base_kb)) / 2**10:.0f} MiB above "
+                      f"the {int(base_kb) / 2**10:.0f} MiB after imports)",
                       flush=True)
             path.unlink()
     return 0

@@ -193,7 +193,8 @@ def rank_flops(urg, questions, candidates) -> float | None:
         return None
     batch = urg.collator.encode_pairs(questions, candidates)
     lengths = batch.attention_mask.sum(-1)
-    return t5_rank_flops(urg.model.config, [lengths[i][batch.candidate_mask[i]].tolist() for i in range(len(questions))])
+    return t5_rank_flops(urg.model.config,
+                         [lengths[i][batch.candidate_mask[i]].tolist() for i in range(len(questions))])
 
 
 class PairRankerView:
@@ -247,7 +248,8 @@ def summarize(cfg: BenchmarkConfig, ranking: list[dict], fusion: list[dict], pea
 
 
 def flops_share(ranking: list[dict], b: int, n: int, peak_tflops: float | None) -> dict | None:
-    row = next((r for r in ranking if r["method"] == "URG" and r["batch_size"] == b and r["n"] == n and "flops" in r), None)
+    row = next((r for r in ranking
+                if r["method"] == "URG" and r["batch_size"] == b and r["n"] == n and "flops" in r), None)
     if row is None:
         return None
     return {"flops": row["flops"], "tflops_per_s": round(row["tflops_per_s"], 4), "matmul_peak_tflops": peak_tflops,
@@ -265,7 +267,8 @@ def markdown(report: dict) -> str:
         f"2048² matmul peak {env['matmul_2048_tflops']} TFLOP/s. Presets: URG `{cfg['urg_preset']}`, rankers "
         f"`{cfg['ranker_preset']}`, GenFuser `{cfg['fuser_preset']}`{' (random init)' if cfg['random_init'] else ''}. "
         "Synthetic MixInstruct texts (urg_ray.synthetic). Times are the min over the timed calls "
-        f"(median in benchmark.json), under torch.no_grad{' after a warm-up' if cfg.get('warmup', True) else ', no warm-up'}, "
+        "(median in benchmark.json), "
+        f"under torch.no_grad{' after a warm-up' if cfg.get('warmup', True) else ', no warm-up'}, "
         "tokenization included; a call "
         f"during which other processes used over {cfg['max_other_load']:.0%} of the machine's CPU was re-run "
         f"(up to {cfg['retries']} times; counts in benchmark.json).", "",
@@ -289,7 +292,8 @@ def markdown(report: dict) -> str:
         for m in methods:
             vals = {r["batch_size"]: r["norm_size_samples_per_s"] for r in report["ranking"]
                     if r["method"] == m and r["n"] == n}
-            lines.append(f"| {m} | " + " | ".join(f"{vals.get(b, float('nan')):.3f}" for b in cfg["batch_sizes"]) + " |")
+            lines.append(f"| {m} | " + " | ".join(f"{vals.get(b, float('nan')):.3f}" for b in cfg["batch_sizes"])
+                         + " |")
         lines.append("")
     if summary["loglog_slope_8_to_32"]:
         lines += ["Log-log slope of time against N, N=8..32: " + ", ".join(
@@ -306,13 +310,16 @@ def markdown(report: dict) -> str:
                      f"{summary['rank_fuse_speedup'][name]:.2f}x |")
     share = summary.get("urg_flops_at_n_ref")
     if share:
-        lines += ["", f"URG ranking at B={summary['batch_size']}, N={summary['n_ref']}: {share['flops'] / 1e12:.3g} TFLOP "
+        lines += ["", f"URG ranking at B={summary['batch_size']}, N={summary['n_ref']}: "
+                  f"{share['flops'] / 1e12:.3g} TFLOP "
                   f"per batch (pairs at their token counts, padding not counted), {share['tflops_per_s']:.3f} TFLOP/s "
-                  f"achieved = {share['share_of_peak']:.0%} of the 2048² matmul peak ({share['matmul_peak_tflops']} TFLOP/s)."]
+                  f"achieved = {share['share_of_peak']:.0%} of the 2048² matmul peak "
+                  f"({share['matmul_peak_tflops']} TFLOP/s)."]
     if report.get("urg_rank_profile"):
         lines += ["", "One URG.rank call under torch.profiler (self CPU time by op):", "",
                   "| op | calls | self s | share |", "|---|---:|---:|---:|",
-                  *[f"| `{p['op']}` | {p['calls']} | {p['self_s']:.2f} | {p['share']:.1%} |" for p in report["urg_rank_profile"]]]
+                  *[f"| `{p['op']}` | {p['calls']} | {p['self_s']:.2f} | {p['share']:.1%} |"
+                    for p in report["urg_rank_profile"]]]
     lines += ["", f"## Targets (issue #4), at N={summary['n_ref']}", "", "| target | measured | goal | met |",
               "|---|---:|---:|:---:|"]
     for key, t in summary["targets"].items():

@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="model weights' dtype (bfloat16 on GPUs)")
     parser.add_argument("--batch-size", type=int, default=32, help="records per rank/fuse/metric call")
     parser.add_argument("--shards", type=int, default=1,
-                        help="copies of each model, one per Ray actor (one GPU each on cuda); every call split across them")
+                        help="copies of each model, one per Ray actor (one GPU each on cuda); "
+                             "every call split across them")
     args = parser.parse_args(argv)
     if args.paper:
         args.metrics = ",".join(PAPER_METRICS) if args.metrics == ",".join(METRICS) else args.metrics

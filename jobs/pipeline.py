@@ -176,7 +176,8 @@ def start_fresh_if_new_inputs(stage: Stage, stamps: Path, forced: bool) -> None:
 
 def run_stages(stages: list[Stage], stamps: Path, redo_from: str | None = None, wrap: list[str] = ()) -> list[str]:
     """Run the stages in order, skipping the done ones (until one runs: then all after it run),
-    each command prefixed by `wrap` (e.g. flock LOCKFILE; not part of the stamp). Returns the names of the stages that ran; raises StageFailed naming the stage and its inputs."""
+    each command prefixed by `wrap` (e.g. flock LOCKFILE; not part of the stamp). Returns the names
+    of the stages that ran; raises StageFailed naming the stage and its inputs."""
     names = [s.name for s in stages]
     if redo_from is not None and redo_from not in names:
         raise StageFailed(f"--from {redo_from}: no such stage; stages: {', '.join(names)}")
@@ -220,7 +221,8 @@ def stages(cfg: PipelineConfig, d: Path, config_path: str, results: Path) -> lis
     test_facts = str(scored / "test.facts.jsonl")
     # the world's knobs, for evaluate --synthetic (write_world): the split stage's facts have none beside them
     world = str(d / "world.yaml")
-    data_settings = cfg.model_dump_json(include={"seed", "n", "llms", "synthetic", "split_synthetic"}) + Path(cfg.generate_config).read_text()
+    data_settings = (cfg.model_dump_json(include={"seed", "n", "llms", "synthetic", "split_synthetic"})
+                     + Path(cfg.generate_config).read_text())
     return [
         # the LLMs first: they read no split, so new splits (the data stage) keep them
         Stage("llms", [PY, str(JOBS / "train_llms.py"), "--out", str(llms), "--storage-path", str(d / "runs"),
@@ -241,20 +243,22 @@ def stages(cfg: PipelineConfig, d: Path, config_path: str, results: Path) -> lis
         Stage("split", [*me, "_split"], [str(d / "score" / "candidates.jsonl"), str(data / "test.facts.jsonl")],
               [*split_files.values(), test_facts], heavy=False, settings=json.dumps(cfg.synthetic)),
         Stage("train", [PY, str(JOBS / "train.py"), "--config", t.config, *[a for kv in t.set for a in ("--set", kv)],
-                        "--set", f"data.train_file={split_files['train']}", "--set", f"data.dev_file={split_files['dev']}",
+                        "--set", f"data.train_file={split_files['train']}",
+                        "--set", f"data.dev_file={split_files['dev']}",
                         "--set", f"data.test_file={split_files['test']}", "--set", "data.synthetic=false",
                         "--set", f"train.storage_path={d / 'runs' / 'urg'}", "--out", str(d / "train")],
               [split_files["train"], split_files["dev"]], [str(d / "train" / "model")],
               fresh=[str(d / "runs" / "urg")]),  # new candidates: the last URG's checkpoints are another run's
-        Stage("evaluate", [PY, str(JOBS / "evaluate.py"), "--config", t.config, *[a for kv in t.set for a in ("--set", kv)],
+        Stage("evaluate", [PY, str(JOBS / "evaluate.py"), "--config", t.config,
+                           *[a for kv in t.set for a in ("--set", kv)],
                            "--urg", f"URG={d / 'train' / 'model'}", "--test-file", split_files["test"],
                            "--bounds", "--facts", test_facts, "--synthetic", world, "--out", str(d / "eval")],
               [str(d / "train" / "model"), split_files["test"], test_facts], [str(d / "eval" / "eval.json")]),
         Stage("report", [*me, "_report", "--results", str(results)],
               [str(d / "eval" / "eval.json"), str(llms / "llms_summary.json"), str(llms / "llms.md")],
               [str(results / "README.md")], heavy=False, settings=json.dumps(cfg.llms)),
-        Stage("serve-config", [*me, "_serve_config"], [str(d / "train" / "model")], [str(d / "serve.yaml")], heavy=False,
-              settings=json.dumps(cfg.llms)),
+        Stage("serve-config", [*me, "_serve_config"], [str(d / "train" / "model")], [str(d / "serve.yaml")],
+              heavy=False, settings=json.dumps(cfg.llms)),
     ]
 
 
@@ -280,7 +284,8 @@ def make_data(cfg: PipelineConfig, d: Path) -> None:
     if not isinstance(gen, dict) or "model_template" not in gen:
         raise ConfigError(f"{cfg.generate_config}: needs a model_template mapping (copied once per LLM)")
     template = gen.pop("model_template")
-    gen["models"] = [{**template, "name": n, "source": str((d / "llms" / n).resolve())} for n in cfg.llms]  # Ray workers may not share our cwd
+    # Ray workers may not share our cwd
+    gen["models"] = [{**template, "name": n, "source": str((d / "llms" / n).resolve())} for n in cfg.llms]
     (d / "generate.yaml").write_text(yaml.safe_dump(gen, sort_keys=False))
 
 

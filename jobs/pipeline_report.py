@@ -22,7 +22,7 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
     import shutil
 
     from urg_ray.evaluation import paired_bootstrap
-    from urg_ray.evaluation_report import BOUNDS_NOTE
+    from urg_ray.evaluation_report import BOUNDS_NOTE, fact_sources_markdown
 
     evaluation = json.loads((d / "eval" / "eval.json").read_text())
     records = json.loads((d / "eval" / "eval_records.json").read_text())
@@ -41,7 +41,8 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
         shutil.copy(d / "llms" / name, results / name)
     lines = [f"# The closed loop: {', '.join(members)} -> vLLM -> URG (jobs/pipeline.py)", "",
              f"{evaluation['n_records']} held-out test questions; candidates sampled by the trained tiny LLMs on "
-             "vLLM (ray.data.llm), URG trained on their scored train-split answers. Full table: [eval.md](eval.md).", "",
+             "vLLM (ray.data.llm), URG trained on their scored train-split answers. "
+             "Full table: [eval.md](eval.md).", "",
              "| row | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     shown = [n for n, r in rows.items() if r["kind"] != "oracle" or n == "Oracle (bleu)"]  # the rest: eval.md
     lines += [f"| {name} | " + " | ".join(f"{rows[name]['scores'][m]:.4g}" for m in metrics) + " |" for name in shown]
@@ -58,9 +59,9 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
                   f"({verdict}).", ""]
     lines += ["Paired bootstrap (10,000 resamples of the test questions, 95%) of row minus best member:", "",
               "| row | metric | mean difference | 95% interval |", "|---|---|---|---|"]
-    lines += [f"| {row} | {m} | {b['mean']:+.4g} | [{b['low']:+.4g}, {b['high']:+.4g}] |" for (row, m), b in margins.items()]
+    lines += [f"| {row} | {m} | {b['mean']:+.4g} | [{b['low']:+.4g}, {b['high']:+.4g}] |"
+              for (row, m), b in margins.items()]
     if records.get("texts") and (d / "scored" / "test.facts.jsonl").is_file():
-        from urg_ray.evaluation_report import fact_sources_markdown
         from urg_ray.synthetic import world_from_knobs
         from urg_ray.synthetic_facts import fact_sources, read_facts
 
@@ -70,24 +71,15 @@ def write_report(cfg: PipelineConfig, d: Path, results: Path) -> None:
                                    world_from_knobs(cfg.synthetic), shown=records.get("shown"))
         except ValueError as err:
             raise ReportError(f"{facts_file} and {d / 'eval' / 'eval_records.json'}: {err}") from None
-        if records.get("shown"):  # the indices each fusion was shown: the table of eval.md
-            lines += ["", *fact_sources_markdown(sources)]
-        else:  # an eval_records.json written before evaluate.py kept `shown`: the older, shorter table
-            lines += ["", "## Where the fused answers' facts come from", "",
-                      "Share of the reference's facts stated (`urg_ray.synthetic_facts.stated_facts`), per test "
-                      "question, averaged; for a fused row, the share of its right facts that no candidate of the "
-                      "question states (at most what the fuser remembers of its training references: some it may "
-                      "have put together from a candidate's object and the question's verb).", "",
-                      "| row | reference facts stated | of them, in no candidate |", "|---|---|---|"]
-            lines += [f"| {name} | {s['stated']:.3f} | "
-                      + (f"{s['in_no_candidate']:.3f}" if "in_no_candidate" in s else "") + " |"
-                      for name, s in sources.items()]
+        lines += ["", *fact_sources_markdown(sources)]  # the table of eval.md
     llms = json.loads((d / "llms" / "llms_summary.json").read_text())
     lines += ["", "## The candidate LLMs (jobs/train_llms.py), on held-out synthetic questions", "",
-              "Sampled at temperature 1 (the transformers engine of urg_ray.llms); BLEU per task. Full: [llms.md](llms.md).", "",
+              "Sampled at temperature 1 (the transformers engine of urg_ray.llms); BLEU per task. "
+              "Full: [llms.md](llms.md).", "",
               (d / "llms" / "llms.md").read_text(), "", "Training: " + json.dumps(llms.get("config", {})), ""]
     if (results / "notes.md").is_file():
         lines += ["Notes on what the LLMs and this run show: [notes.md](notes.md).", ""]
     stamps = {p.stem: json.loads(p.read_text()).get("wall_s") for p in sorted((d / "stamps").glob("*.json"))}
-    lines += ["Wall time per stage (s, the stamps of the last invocation: a stage kept from an earlier run shows its rerun): " + json.dumps(stamps), ""]
+    lines += ["Wall time per stage (s, the stamps of the last invocation: a stage kept from an earlier run shows "
+              "its rerun): " + json.dumps(stamps), ""]
     (results / "README.md").write_text("\n".join(lines))

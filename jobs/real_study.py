@@ -9,8 +9,8 @@ come from the data alone (urg_ray.judged_study). Each --model adds its rows by w
 gives NAME-rank (its top-1) and NAME (fused) (its fused answer, scored against the reference
 only: no judge saw it); a PairRanker gives NAME (MaxLogits) and NAME (bubble); any other ranker
 NAME. With --keep, the trained rows of earlier runs in OUT/real_records.json stay unless this
-run computes them again, so each model can be evaluated in its own short run. The split files are written on first use, as
-jobs/train.py does (data.judged).
+run computes them again, so each model can be evaluated in its own short run. The split files are
+written on first use, as jobs/train.py does (data.judged).
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = job_parser(__doc__.splitlines()[0], default_out="docs/results/real")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER",
                         help="a trained URG or ranker folder (repeatable)")
-    parser.add_argument("--keep", action="store_true", help="keep rows of models not given now from OUT/real_records.json")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep rows of models not given now from OUT/real_records.json")
     parser.add_argument("--pair-aggregation", action="append", choices=list(PAIR_AGGREGATIONS),
                         help="PairRanker rows (default: both)")
     parser.add_argument("--batch-size", type=int, default=4, help="test records per rank / fuse call")

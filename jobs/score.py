@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     start_ray(args.verbose)
     summary = score_file(cfg, args.out, records)
-    print(f"[score] scored {summary['candidates_scored']} candidates in {summary['wall_s']} s on {summary['actors']} actors "
+    print(f"[score] scored {summary['candidates_scored']} candidates in {summary['wall_s']} s "
+          f"on {summary['actors']} actors "
           f"({summary['candidates_per_s']} candidates/s); dropped {summary['failed_dropped']} failed candidates")
     for model, means in summary["mean_scores"].items():
         print(f"[score]   {model}: {json.dumps({k: round(v, 3) for k, v in means.items()})}")

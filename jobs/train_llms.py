@@ -60,10 +60,10 @@ def measure(dirs: dict[str, Path], n: int, max_new_tokens: int, synthetic: dict 
             by_task[ex.task].append(s)
         mean = lambda rows: {m: round(sum(r[m] for r in rows) / len(rows), 4) for m in METRICS}  # noqa: E731
         report[name] = {"all": mean(scores), "tasks": {t: mean(rows) for t, rows in sorted(by_task.items())},
-                        "reference_fact_recall": round(sum(reference_fact_recall(a, ex, world) for a, ex in zip(answers, examples))
-                                                       / len(answers), 4),
-                        "topic_fact_share": round(sum(topic_fact_recall(a, ex.topics, world.world_seed) for a, ex in zip(answers, examples))
-                                                  / len(answers), 4),
+                        "reference_fact_recall": round(sum(reference_fact_recall(a, ex, world)
+                                                           for a, ex in zip(answers, examples)) / len(answers), 4),
+                        "topic_fact_share": round(sum(topic_fact_recall(a, ex.topics, world.world_seed)
+                                                      for a, ex in zip(answers, examples)) / len(answers), 4),
                         "example": {"question": questions[0], "answer": answers[0], "reference": refs[0]}}
     return report
 
@@ -73,7 +73,8 @@ def markdown(report: dict) -> str:
     lines = ["| LLM | BLEU | ROUGE-L | reference facts stated | topic-fact share | "
              + " | ".join(f"BLEU {t}" for t in tasks) + " |", "|---|---|---|---|---|" + "---|" * len(tasks)]
     for name, r in report.items():
-        lines.append(f"| {name} | {r['all']['bleu']:.2f} | {r['all']['rougeL']:.4f} | {r['reference_fact_recall']:.3f} | "
+        lines.append(f"| {name} | {r['all']['bleu']:.2f} | {r['all']['rougeL']:.4f} | "
+                     f"{r['reference_fact_recall']:.3f} | "
                      f"{r['topic_fact_share']:.3f} | "
                      + " | ".join(f"{r['tasks'][t]['bleu']:.2f}" for t in tasks) + " |")
     return "\n".join(lines) + "\n"
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             random_dir = out / "_random-init"
             if not (random_dir / "config.json").is_file():
                 llm = PIPELINE_LLMS[names[0]]
-                save_llm(new_model(llm.architecture, chat_tokenizer(), cfg.seed), chat_tokenizer(), llm, cfg, random_dir)
+                save_llm(new_model(llm.architecture, chat_tokenizer(), cfg.seed), chat_tokenizer(), llm, cfg,
+                         random_dir)
             dirs["random-init"] = random_dir
         started = time.time()
         summary["answers"] = measure(dirs, args.eval_questions, args.max_new_tokens, cfg.synthetic)

@@ -104,7 +104,8 @@ async def read_body(request: Request, schema: type[Body], max_bytes: int) -> Bod
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise APIError(400, f"request body is not valid JSON: {err}", code="invalid_json") from None
     except RecursionError:
-        raise APIError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="nesting_too_deep") from None
+        raise APIError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels",
+                       code="nesting_too_deep") from None
     if not isinstance(data, dict):
         raise APIError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
     check_json_text(data)

@@ -20,7 +20,8 @@ def bench_job():
 def test_quick_benchmark_writes_json_markdown_and_plot(bench_job, tmp_path):
     assert bench_job.main(["--quick", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "benchmark.json").read_text())
-    assert {"config", "environment", "params", "params_ratio_to_urg", "ranking", "rank_and_fuse", "summary"} <= set(report)
+    assert {"config", "environment", "params", "params_ratio_to_urg", "ranking", "rank_and_fuse",
+            "summary"} <= set(report)
     assert {"device", "dtype", "torch_threads", "matmul_2048_tflops"} <= set(report["environment"])
     assert set(report["params"]) == {"URG", "PairRanker", "SummaReranker", "SimCLS", "GenFuser"}
     methods = {"URG", "PairRanker-full", "PairRanker-bubble", "SummaReranker", "SimCLS"}
@@ -52,8 +53,8 @@ def test_bad_settings_fail_before_anything_runs(bench_job, tmp_path, capsys):
 # ---- overhead: the report writer (no Ray; figures made up, verdicts computed here) -----------
 def _overhead_results():
     window = lambda step, rate, loss: {"step": step, "samples": 160, "samples_per_s": rate, "loss": loss}  # noqa: E731
-    side = lambda rate: {"windows": [window(10, 5.0, 17.7), window(20, rate, 17.1)], "samples_per_s": rate,  # noqa: E731
-                         "wall_s": 30.0, "other_load": 0.01}
+    side = lambda rate: {"windows": [window(10, 5.0, 17.7), window(20, rate, 17.1)],  # noqa: E731
+                         "samples_per_s": rate, "wall_s": 30.0, "other_load": 0.01}
     return {
         "training": {"steps": 20, "log_every": 10, "global_batch": 16, "workers": 2, "cpus_per_worker": 1,
                      "load_before": [0.1, 0.2, 0.3], "plain": side(40.0), "ray": side(30.0),

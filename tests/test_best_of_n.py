@@ -1,4 +1,5 @@
-"""urg_ray/best_of_n.py and jobs/best_of_n.py: n samples per prompt through generate's pipeline and journal, URG keeps one.
+"""urg_ray/best_of_n.py and jobs/best_of_n.py: n samples per prompt through generate's pipeline
+and journal, URG keeps one.
 
 The grouping and the pick run without Ray on the `tiny` URG; the slow test runs the job on the
 tiny GPT-2 (transformers engine, Ray Data) and resumes it from a journal cut after a crash.

@@ -41,7 +41,8 @@ def _check_cluster_spec(spec: dict) -> None:
         assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert int(limits["nvidia.com/gpu"]) >= 1
-    assert int(groups["gpu-train-8xa100"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) == 8
+    assert int(groups["gpu-train-8xa100"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+        "nvidia.com/gpu"]) == 8
 
 
 def test_raycluster_has_head_and_autoscaling_gpu_worker_groups():

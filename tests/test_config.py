@@ -45,7 +45,8 @@ def test_shipped_presets_load_and_tiny_yaml_is_the_default():
     configs = Path(__file__).resolve().parents[1] / "jobs" / "configs"
     assert load_config(configs / "tiny.yaml") == JobConfig()
     xl = load_config(configs / "flan-t5-xl.yaml")
-    assert (xl.model.preset, xl.train.epochs, xl.train.batch_size, xl.train.lr, xl.model.dropout) == ("flan-t5-xl", 10, 4, 8e-5, 0.1)
+    assert (xl.model.preset, xl.train.epochs, xl.train.batch_size, xl.train.lr, xl.model.dropout) == (
+        "flan-t5-xl", 10, 4, 8e-5, 0.1)
     assert (xl.train.bf16, xl.train.zero_stage, xl.train.num_workers, xl.train.use_gpu) == (True, 2, 8, True)
     large = load_config(configs / "flan-t5-large.yaml")
     assert all(c.loss.gamma_at(0) == 5.0 for c in (xl, large))  # no warm-up for pretrained models

@@ -225,7 +225,8 @@ def test_wrong_encoding_names_file_and_line(tmp_path, monkeypatch, chunk):
     monkeypatch.setattr(data_module, "_CHUNK", chunk)
     latin1 = {**MIXINSTRUCT_LINE, "output": "café"}
     good = json.dumps(MIXINSTRUCT_LINE)
-    (tmp_path / "a.jsonl").write_bytes((good + "\n\n" + json.dumps(latin1, ensure_ascii=False) + "\n").encode("latin-1"))
+    (tmp_path / "a.jsonl").write_bytes(
+        (good + "\n\n" + json.dumps(latin1, ensure_ascii=False) + "\n").encode("latin-1"))
     with pytest.raises(DataError, match=r"a\.jsonl:3: not UTF-8 text \(invalid continuation byte\)"):
         read_records(tmp_path / "a.jsonl")
     element = json.dumps(latin1, indent=1, ensure_ascii=False)
@@ -255,7 +256,8 @@ def test_nan_is_never_written(tmp_path):
             {"model": "m", "text": "t", "scores": {"bleu": float("nan")}}]}])
     nan_extra = make_record(1)
     nan_extra.candidates[0].__pydantic_extra__["logprob"] = float("-inf")  # an extra field is not typed
-    with pytest.raises(DataError, match=r"record 1 \(id 'r1'\): field 'candidates\.0\.logprob': -Infinity is not a number"):
+    with pytest.raises(DataError,
+                       match=r"record 1 \(id 'r1'\): field 'candidates\.0\.logprob': -Infinity is not a number"):
         write_records(path, [nan_extra])
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
 

@@ -19,7 +19,8 @@ REF = "the cat sat on the red mat"
 def _records() -> list[Record]:
     texts = [REF, "the cat sat on a mat", "dogs bark loudly at night"]
     return [Record(id=f"r{i}", instruction=f"q{i}: where did the cat sit?", output=REF,
-                   candidates=[{"model": f"m{j}", "text": t, "scores": {"bleu": float(10 - j)}} for j, t in enumerate(texts)])
+                   candidates=[{"model": f"m{j}", "text": t, "scores": {"bleu": float(10 - j)}}
+                               for j, t in enumerate(texts)])
             for i in range(3)]
 
 
@@ -106,7 +107,8 @@ def test_evaluate_job_writes_every_row_and_column(tmp_path):
     PairRanker.from_pretrained("tiny").save_pretrained(tmp_path / "pair")
     GenFuser.from_pretrained("tiny").save_pretrained(tmp_path / "fuser")
     out = tmp_path / "eval"
-    proc = subprocess.run([sys.executable, "jobs/evaluate.py", "--test-file", str(test_file), "--set", "data.score_keys=[bleu]",
+    proc = subprocess.run([sys.executable, "jobs/evaluate.py", "--test-file", str(test_file),
+                           "--set", "data.score_keys=[bleu]",
                            "--urg", f"URG={tmp_path / 'urg'}", "--ranker", f"PairRanker={tmp_path / 'pair'}",
                            "--fuser", f"GenFuser={tmp_path / 'fuser'}", "--robustness", "--max-new-tokens", "8",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -126,7 +128,8 @@ def test_evaluate_job_writes_every_row_and_column(tmp_path):
                                                        [[c.text for c in r.candidates] for r in records]).ranks
     assert [sorted(s) for s in shown["URG"]] == [sorted(r[:3]) for r in ranks]
     markdown = (out / "eval.md").read_text()
-    for header in ("BLEU", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "BERTScore", "Pearson", "Spearman", "Footrule"):
+    for header in ("BLEU", "ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum", "BERTScore", "Pearson", "Spearman",
+                   "Footrule"):
         assert header in markdown
     assert (out / "eval.png").stat().st_size > 0 and (out / "robustness.png").stat().st_size > 0
 
@@ -204,7 +207,8 @@ def test_paper_columns_gpt_rank_bartscore_and_gen_rows_by_hand():
     markdown = write_markdown(ev.to_json())
     assert "| BARTScore | GPT-Rank ↓ |" in markdown
     gen = rows["Ranker-Gen"]
-    assert markdown.splitlines()[-1].startswith(f"| Fusion | Ranker-Gen | {gen['bleu']:.2f} | {gen['bartscore']:.4f} | – |")
+    assert markdown.splitlines()[-1].startswith(
+        f"| Fusion | Ranker-Gen | {gen['bleu']:.2f} | {gen['bartscore']:.4f} | – |")
 
 
 def test_without_cmp_results_there_is_no_gpt_rank_column():

@@ -295,7 +295,8 @@ def test_a_row_the_engine_never_returns_is_recorded_as_failed_not_lost(ray_sessi
     import urg_ray.generate as gen
 
     real = gen.generation_stage
-    monkeypatch.setattr(gen, "generation_stage", lambda ds, spec, s: real(ds, spec, s).filter(lambda r: r["id"] != "p1"))
+    monkeypatch.setattr(gen, "generation_stage",
+                        lambda ds, spec, s: real(ds, spec, s).filter(lambda r: r["id"] != "p1"))
     prompts = [Prompt(f"p{i}", f"Question {i}?") for i in range(3)]
     cfg = GenerateConfig(models=[ModelSpec(name="gpt2", source="tiny-gpt2", engine="transformers")],
                          sampling={"max_new_tokens": 4})

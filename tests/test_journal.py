@@ -207,7 +207,8 @@ def test_damaged_journal_entries_are_skipped_and_reported_and_a_torn_tail_trunca
              b'{"prompt": {"id": "x"',  # 3: bad JSON
              b"[1, 2]",  # 4: wrong shape
              json.dumps({**entry("x", "m"), "candidate": {"text": "no model"}}).encode(),  # 5
-             json.dumps({**entry("x", "m"), "candidate": {"model": "m", "text": "t", "scores": {"bleu": None}}}).encode(),
+             json.dumps({**entry("x", "m"),
+                         "candidate": {"model": "m", "text": "t", "scores": {"bleu": None}}}).encode(),
              json.dumps(wrong_hash).encode(),  # 7
              good[1]]
     intact = b"".join(line + b"\n" for line in lines)

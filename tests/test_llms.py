@@ -236,7 +236,8 @@ def test_a_registered_engine_is_a_candidate_of_the_serve_app(ray_session):
     key = "echo-key"
     args = {"candidates": [{"name": "echo-1", "engine": "echo", "max_tokens": 6}],
             "urg": {"model": "tiny", "max_new_tokens": 4, "deployment": {"ray_actor_options": {"num_cpus": 0.2}}},
-            "ingress": {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"URG_SERVE_API_KEY": key}}}}}
+            "ingress": {"ray_actor_options": {"num_cpus": 0.1,
+                                              "runtime_env": {"env_vars": {"URG_SERVE_API_KEY": key}}}}}
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(args), name="echo", route_prefix="/", blocking=False)

@@ -75,7 +75,8 @@ def test_topm_kl_averages_over_real_tokens_and_detaches_p():
     q_logits = torch.randn(2, 3, 10, requires_grad=True)
     labels = torch.tensor([[1, 2, -100], [3, -100, -100]])
     kl = losses.topm_kl_loss(p_logits, q_logits, labels, top_m=4)
-    per_token = [losses.topm_kl_loss(p_logits[b:b + 1, t:t + 1], q_logits[b:b + 1, t:t + 1], labels[b:b + 1, t:t + 1], top_m=4)
+    per_token = [losses.topm_kl_loss(p_logits[b:b + 1, t:t + 1], q_logits[b:b + 1, t:t + 1], labels[b:b + 1, t:t + 1],
+                                     top_m=4)
                  for b, t in [(0, 0), (0, 1), (1, 0)]]
     assert kl.item() == pytest.approx(sum(x.item() for x in per_token) / 3, rel=1e-5)
     kl.backward()

@@ -72,7 +72,8 @@ def scores_from_full_forward(urg: URG, question: str, candidates: list[str]) -> 
         config._attn_implementation = "eager"
     try:
         out = urg.model(encoder_outputs=BaseModelOutput(last_hidden_state=padded.reshape(1, n * length, -1)),
-                        attention_mask=mask, decoder_input_ids=torch.tensor([[urg.model.config.decoder_start_token_id]]),
+                        attention_mask=mask,
+                        decoder_input_ids=torch.tensor([[urg.model.config.decoder_start_token_id]]),
                         output_attentions=True, use_cache=False)
     finally:
         for config in configs:

@@ -150,7 +150,8 @@ def test_num_beams_runs_beam_search_on_the_selected_candidates_states(tiny):
         pairs = tiny.collator.encode_pairs([question], [[cands[i] for i in result.selected]])
         states = torch.cat([encoder(input_ids=ids[real.bool()][None]).last_hidden_state[0]
                             for ids, real in zip(pairs.input_ids[0], pairs.attention_mask[0])])
-        ids = tiny.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states[None]), num_beams=3, **kwargs)
+        ids = tiny.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states[None]), num_beams=3,
+                                  **kwargs)
         assert result.text == tiny.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
     greedy = tiny.rank_and_fuse(QUESTIONS, CANDIDATES, **kwargs)
     assert [r.text for r in beam] != [r.text for r in greedy]  # on these inputs the beam finds another answer
@@ -304,7 +305,8 @@ def test_forward_terms_equal_an_independent_recomputation(tiny, loss_batch):
     assert (cfg.erm, cfg.rank_loss, cfg.select_by) == (True, True, "ground_truth")
     out = tiny(loss_batch)
     questions = [make_record(i, n=n).question for i, n in enumerate(SIZES)]
-    candidates = [[c.text for c in make_record(i, n=n, answer=a).candidates] for i, (n, a) in enumerate(zip(SIZES, ANSWERS))]
+    candidates = [[c.text for c in make_record(i, n=n, answer=a).candidates]
+                  for i, (n, a) in enumerate(zip(SIZES, ANSWERS))]
     torch.testing.assert_close(out.scores, tiny.rank(questions, candidates).scores, rtol=1e-5, atol=1e-7)
     expected = _expected_terms(tiny, loss_batch, loss_batch.quality, out.scores)
     assert out.ce_loss.item() == pytest.approx(expected["ce_p"] + expected["ce_q"], rel=1e-4)
@@ -336,7 +338,8 @@ def test_gamma_zero_removes_the_rank_term_exactly(tiny, loss_batch):
     full, warm = tiny(loss_batch), tiny(loss_batch, gamma=0.0)
     assert warm.rank_loss.item() > 0  # still reported, but not in the loss
     assert warm.loss.item() == (tiny.loss_config.beta * warm.kl_loss + warm.ce_loss).item()
-    assert full.loss.item() - warm.loss.item() == pytest.approx(tiny.loss_config.gamma * full.rank_loss.item(), rel=1e-5)
+    assert full.loss.item() - warm.loss.item() == pytest.approx(tiny.loss_config.gamma * full.rank_loss.item(),
+                                                                rel=1e-5)
 
 
 def test_erm_off_drops_the_kl_and_the_q_pass_and_keeps_the_rank_term(tiny, loss_batch):

@@ -107,7 +107,8 @@ def test_the_real_stages_chain_outputs_to_inputs(tmp_path):
         assert all(any(p == o or o.startswith(p + "/") for o in made) for p in s.inputs), s.name
         made |= set(s.outputs)
     (train,) = [s for s in plan if s.name == "train"]  # its checkpoints are the folder start_fresh removes
-    assert [f"train.storage_path={f}" for f in train.fresh] == [a for a in train.command if a.startswith("train.storage_path=")]
+    assert [f"train.storage_path={f}" for f in train.fresh] == [a for a in train.command
+                                                                 if a.startswith("train.storage_path=")]
 
 
 def test_data_step_writes_prompts_and_a_generate_config_per_llm(tmp_path):
@@ -117,7 +118,8 @@ def test_data_step_writes_prompts_and_a_generate_config_per_llm(tmp_path):
     assert [p["id"] for p in prompts] == ["train/0", "train/1", "train/2", "dev/0", "dev/1", "test/0", "test/1"]
     gen = yaml.safe_load((tmp_path / "generate.yaml").read_text())
     assert [(m["name"], m["source"], m["chat"]) for m in gen["models"]] == [
-        ("tiny-oasst", str(tmp_path / "llms" / "tiny-oasst"), True), ("tiny-koala", str(tmp_path / "llms" / "tiny-koala"), True)]
+        ("tiny-oasst", str(tmp_path / "llms" / "tiny-oasst"), True),
+        ("tiny-koala", str(tmp_path / "llms" / "tiny-koala"), True)]
     from urg_ray.generate_config import GenerateConfig
 
     GenerateConfig.model_validate(gen)  # what jobs/generate.py will load
@@ -215,7 +217,8 @@ def test_report_compares_urg_with_its_best_member_by_a_paired_bootstrap(tmp_path
     (lambda c: c.update(split_synthetic={"test": {"question_topics": [39, 40]}}),
      r"split_synthetic: .*test: .*question_topics must be"),
     (lambda c: c.update(split_synthetic={"valid": {}}), r"split_synthetic.valid"),
-    (lambda c: c.update(split_synthetic={"test": {"pool_size": 12}}), r"split_synthetic: .*test: pool_size changes the world"),
+    (lambda c: c.update(split_synthetic={"test": {"pool_size": 12}}),
+     r"split_synthetic: .*test: pool_size changes the world"),
 ])
 def test_a_bad_config_key_is_a_named_error_before_any_stage(tmp_path, capsys, edit, message):
     tree = yaml.safe_load(Path("jobs/configs/pipeline-smoke.yaml").read_text())
@@ -234,10 +237,12 @@ def test_every_pipeline_config_validates_and_names_the_facts_of_its_questions():
             assert pipeline.load_pipeline_config(str(path)).synthetic == {"question_names_facts": True}, path
 
 
-def test_the_report_splits_fused_facts_by_shown_candidates_when_the_evaluation_kept_them(tmp_path):
+def test_the_report_tables_where_fused_facts_come_from_as_eval_md_does(tmp_path):
     from dataclasses import astuple
 
-    from urg_ray.synthetic import SyntheticConfig
+    from urg_ray.evaluation_report import fact_sources_markdown
+    from urg_ray.synthetic import SyntheticConfig, world_from_knobs
+    from urg_ray.synthetic_facts import fact_sources, read_facts
     from urg_ray.synthetic_world import TOPICS, render_reference, topic_pool
 
     a = topic_pool(TOPICS[0], SyntheticConfig(question_names_facts=True))
@@ -258,20 +263,26 @@ def test_the_report_splits_fused_facts_by_shown_candidates_when_the_evaluation_k
     (tmp_path / "llms" / "llms_summary.json").write_text("{}")
     records = {"ids": ["q1"], "rows": {n: {"bleu": [1.0]} for n in ("tiny-oasst", "tiny-koala", "URG")},
                "texts": {"URG": [render_reference("define", (TOPICS[0],), (a[0], a[1]))]}}
-    for shown, line in ((None, "| URG | 1.000 | 0.000 |"), ([[1]], "| URG | 1.000 | 0.500 | 0.500 | 0.500 | 0.000 |")):
+    # URG states a0 and a1, both reference facts; candidate 0 holds a0, candidate 1 holds a1
+    for shown, line in (([[1]], "| URG | 1.000 | 0.500 | 0.500 | 0.500 | 0.000 |"),  # shown candidate 1 only
+                        (None, "| URG | 1.000 |  |  |  | 0.000 |")):  # no shown indices: their cells empty
         kept = {"shown": {"URG": shown}} if shown else {}
         (tmp_path / "eval" / "eval_records.json").write_text(json.dumps(records | kept))
         pipeline.write_report(config(), tmp_path, tmp_path / "results")
-        readme = (tmp_path / "results" / "README.md").read_text()
-        assert "## Where the fused answers' facts come from" in readme and line in readme, readme
-        assert ("| row | reference facts stated | of them, in no candidate |" in readme) == (shown is None)
+        readme = (tmp_path / "results" / "README.md").read_text().splitlines()
+        table = fact_sources_markdown(fact_sources(records["texts"], records["ids"],
+                                                   read_facts(tmp_path / "scored" / "test.facts.jsonl"),
+                                                   world_from_knobs(config().synthetic), shown=kept.get("shown")))
+        start = readme.index("## Where the fused answers' facts come from")
+        assert readme[start:start + len(table) + 1] == [*table, ""] and line in table, readme
 
 
 def test_the_report_with_no_member_row_names_the_file(tmp_path, capsys):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "eval.json").write_text(json.dumps({"n_records": 1, "metrics": ["bleu"], "rows": [
         {"name": "Random", "kind": "selection", "scores": {"bleu": 1.0}, "correlation": {}}]}))
-    (tmp_path / "eval" / "eval_records.json").write_text(json.dumps({"ids": ["x"], "rows": {"Random": {"bleu": [1.0]}}}))
+    (tmp_path / "eval" / "eval_records.json").write_text(
+        json.dumps({"ids": ["x"], "rows": {"Random": {"bleu": [1.0]}}}))
     with pytest.raises(pipeline.ReportError, match=r"eval.json: none of the LLMs \['tiny-oasst', 'tiny-koala'\]"):
         pipeline.write_report(config(), tmp_path, tmp_path / "results")
 

@@ -66,7 +66,8 @@ def base_url(serve_app):
             "urg": {"model": str(ROOT / "outputs/train/model"), "fallback_preset": "tiny", "max_new_tokens": 12,
                     "deployment": {"ray_actor_options": {"num_cpus": 0.2}}},
             "warmup_retry_s": 1,
-            "ingress": {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"URG_SERVE_API_KEY": KEY}}}}}
+            "ingress": {"ray_actor_options": {"num_cpus": 0.1,
+                                              "runtime_env": {"env_vars": {"URG_SERVE_API_KEY": KEY}}}}}
     # The broken candidate never warms up: ready means the ranker and the others answered.
     return serve_app(args, "playground", ready=lambda reply: reply.json().get("waiting_for") == [BROKEN])
 

@@ -135,7 +135,8 @@ def client(serve_app):
             "urg": {"model": URG_MODEL, "fallback_preset": "tiny", "max_new_tokens": 4,
                     "deployment": {"ray_actor_options": {"num_cpus": 0.2}}},
             "limits": {"max_candidates": MAX_DOCUMENTS, "max_text_chars": 1_000},
-            "ingress": {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"URG_SERVE_API_KEY": KEY}}}}}
+            "ingress": {"ray_actor_options": {"num_cpus": 0.1,
+                                              "runtime_env": {"env_vars": {"URG_SERVE_API_KEY": KEY}}}}}
     with httpx.Client(base_url=serve_app(args, "rerank"), timeout=120, headers=AUTH) as c:
         yield c
 
@@ -214,6 +215,7 @@ def test_ranking_endpoints_share_auth_limits_and_errors(client):
     surrogate = json.dumps({**VLLM_RERANK, "query": "bad \ud800"}).encode()  # valid JSON: the escape stays ASCII
     error(client.post("/v1/rerank", content=surrogate, headers={"content-type": "application/json"}), 400, "query")
     schema = client.get("/openapi.json").json()
-    for path, model in [("/v1/rerank", "RerankRequest"), ("/v2/rerank", "RerankRequest"), ("/v1/score", "ScoreRequest")]:
+    for path, model in [("/v1/rerank", "RerankRequest"), ("/v2/rerank", "RerankRequest"),
+                        ("/v1/score", "ScoreRequest")]:
         assert schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
             model)

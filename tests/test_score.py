@@ -153,7 +153,8 @@ def test_score_file_fills_scores_drops_failed_and_skips_what_is_scored(ray_sessi
     assert [c.model for c in r1.candidates] == ["a", "c"]
     assert all(set(c.scores) == MIXINSTRUCT_SCORES for c in r1.candidates)
     assert r1.candidates[0].scores["bleu"] == pytest.approx(100)
-    assert r1.candidates[1].scores["bleu"] == pytest.approx(sentence_bleu("On a mat.", ["The cat sat on the mat."]).score)
+    assert r1.candidates[1].scores["bleu"] == pytest.approx(
+        sentence_bleu("On a mat.", ["The cat sat on the mat."]).score)
     assert r2.candidates[0].scores == {}  # nothing to score against
     assert summary["failed_candidates"] == summary["failed_dropped"] == 2
     assert summary["records_without_reference"] == 1 and summary["candidates_scored"] == 2

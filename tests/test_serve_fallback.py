@@ -1,5 +1,6 @@
 """Which models the Serve app serves: a trained folder when it exists, else its fallback
-(serve.candidates.served_source, serve.config.served_urg), and serve/app.yaml's own choices."""
+(serve.candidates.served_source, serve.config.served_urg), the note `build_app` logs when one falls
+back, and serve/app.yaml's own choices."""
 
 import logging
 from pathlib import Path
@@ -52,7 +53,8 @@ def test_a_candidate_without_fallback_keeps_its_source(tmp_path, monkeypatch):
         (tmp_path / name).mkdir(parents=True)  # a folder of the same name here changes nothing
     monkeypatch.chdir(tmp_path)
     for args in (CandidateArgs(name="c", kind="transformers", model_source="org/hub-model"),
-                 CandidateArgs(name="remote", kind="openai", base_url="http://127.0.0.1:9/v1", remote_model="gpt-4o-mini"),
+                 CandidateArgs(name="remote", kind="openai", base_url="http://127.0.0.1:9/v1",
+                               remote_model="gpt-4o-mini"),
                  CandidateArgs(name="echo", kind="canned", answers=["hi"])):
         assert served_source(args) == (args, False)
 
@@ -120,3 +122,33 @@ def test_serve_app_yaml_on_a_fresh_clone_logs_each_fallback_and_how_to_build_the
     for name in ("tiny-oasst", "tiny-koala", "tiny-alpaca"):
         assert f"candidate {name}: outputs/pipeline/llms/{name} not found" in serve_log.text
     assert "make demo" in args.fallback_note
+
+
+NOTE = "run `make demo` to build the trained models"
+
+
+@pytest.mark.parametrize("urg_built, candidate_built, note", [
+    (False, True, NOTE),  # URG falls back
+    (True, False, NOTE),  # a candidate falls back
+    (False, False, NOTE),  # both: still one line
+    (True, True, NOTE),  # nothing falls back
+    (False, False, None),  # no note to log
+])
+def test_build_app_logs_the_fallback_note_once_when_something_falls_back(tmp_path, monkeypatch, serve_log,
+                                                                          urg_built, candidate_built, note):
+    import ray
+
+    from serve.app import build_app
+
+    if urg_built:
+        (tmp_path / "urg" / "model").mkdir(parents=True)
+    if candidate_built:
+        (tmp_path / "llms" / "c").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    args = AppArgs(candidates=[candidate("llms/c"), CandidateArgs(name="echo", kind="canned", answers=["hi"])],
+                   urg=URGArgs(model="urg/model", fallback_preset="tiny"), auth="none", fallback_note=note)
+    build_app(args)  # binds the deployments: no Ray, nothing loaded
+    assert not ray.is_initialized()
+    logged = [(r.levelno, r.getMessage()) for r in serve_log.records if r.getMessage().startswith("fallbacks served")]
+    fell_back = not (urg_built and candidate_built)
+    assert logged == ([(logging.WARNING, f"fallbacks served: {note}")] if note and fell_back else []), serve_log.text

@@ -72,7 +72,8 @@ def _sets(cmd: list[str]) -> list[str]:
 def test_study_trains_every_method_on_the_same_records_with_seeds_and_a_cap(tmp_path):
     commands = _dry_run(tmp_path)
     make_data = [c for c in commands if "jobs/make_data.py" in c]
-    assert len(make_data) == 1 and make_data[0][make_data[0].index("--synthetic") + 1] == "jobs/configs/study-synthetic.yaml"
+    assert len(make_data) == 1 and (make_data[0][make_data[0].index("--synthetic") + 1]
+                                    == "jobs/configs/study-synthetic.yaml")
     trainings = [c for c in commands if "jobs/train.py" in c]
     budgets, runs = set(), {}
     for cmd in trainings:
@@ -165,5 +166,6 @@ def test_evaluate_job_bounds_paired_and_summary_on_synthetic_data(tmp_path):
                                    text=True, timeout=120)  # the facts read in the default world: misread, refused
     assert default_world.returncode == 2 and "is no fact of the synthetic world" in default_world.stderr
     Path(synthetic_facts.facts_path(test_file)).unlink()
-    missing = subprocess.run([*base, "--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    missing = subprocess.run([*base, "--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
     assert missing.returncode == 2 and "no facts file" in missing.stderr

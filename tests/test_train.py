@@ -77,7 +77,8 @@ def test_a_resume_with_changed_training_data_exits_2_before_ray(tmp_path):
     cfg = load_config(None, overrides)
     checkpoint = tmp_path / "runs" / "r" / "checkpoint_000003"
     checkpoint.mkdir(parents=True)  # as a run over the original file leaves it
-    (checkpoint / STATE_FILE).write_text(json.dumps({"step": 30, "fingerprint": training_fingerprint(cfg, prepare_data(cfg))}))
+    (checkpoint / STATE_FILE).write_text(
+        json.dumps({"step": 30, "fingerprint": training_fingerprint(cfg, prepare_data(cfg))}))
     lines = (tmp_path / "train.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "train.jsonl").write_text("".join(lines[1:] + lines[:1]))  # the same records, another order
     args = [x for o in overrides for x in ("--set", o)]
@@ -270,7 +271,8 @@ def test_a_worker_killed_at_a_step_resumes_with_the_checkpoint_weights_and_the_s
     (resumed,) = (tmp_path / "killed").glob("resumed_at_*.safetensors")
     step = int(resumed.stem.removeprefix("resumed_at_"))
     assert step in (3, 6)
-    assert all(len(killed[s, 0]) == (2 if step <= s < KILL_AT else 1) for s in range(KILL_AT))  # ran again: lost steps only
+    # ran again: lost steps only
+    assert all(len(killed[s, 0]) == (2 if step <= s < KILL_AT else 1) for s in range(KILL_AT))
     (folder,) = [p.parent for p in (tmp_path / "runs" / "killed").glob("checkpoint_*/train_state.json")
                  if json.loads(p.read_text())["step"] == step]
     saved = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="deepspeed")

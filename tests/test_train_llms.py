@@ -64,8 +64,10 @@ def test_trained_llm_states_its_topics_facts_better_than_random_init(tmp_path):
     for name in ("trained", "random"):
         answers = answer_questions(tmp_path / name, questions, max_new_tokens=64, temperature=0)
         share[name] = sum(topic_fact_recall(a, ex.topics) for a, ex in zip(answers, held_out)) / len(held_out)
-        share[f"{name}, other topic"] = sum(topic_fact_recall(a, t) for a, t in zip(answers, other_topic)) / len(held_out)
-        share[f"{name}, reference facts"] = sum(reference_fact_recall(a, ex) for a, ex in zip(answers, held_out)) / len(held_out)
+        share[f"{name}, other topic"] = (sum(topic_fact_recall(a, t) for a, t in zip(answers, other_topic))
+                                         / len(held_out))
+        share[f"{name}, reference facts"] = (sum(reference_fact_recall(a, ex) for a, ex in zip(answers, held_out))
+                                             / len(held_out))
     assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 2.0
     assert share["random"] < 0.1 and share["trained"] > share["random"] + 0.15, share
     # its words come from the facts of the topic asked about, not just the world's vocabulary
@@ -119,4 +121,5 @@ def test_reference_fact_recall_reads_the_facts_in_the_world_they_were_asked_in()
     examples = make_examples(20, n_candidates=1, seed=3, score=False, **knobs)
     world = SyntheticConfig(**knobs)
     assert [reference_fact_recall(ex.record["output"], ex, world) for ex in examples] == [1.0] * 20
-    assert sum(reference_fact_recall(ex.record["output"], ex) for ex in examples) < 20  # the default world's verbs differ
+    # the default world's verbs differ
+    assert sum(reference_fact_recall(ex.record["output"], ex) for ex in examples) < 20

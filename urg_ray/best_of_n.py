@@ -104,7 +104,8 @@ def pick_and_write(cfg: BestOfNConfig, out_dir: str | Path, prompts: list[Prompt
     write_records(out / cfg.records, records)
     with atomic_write(out / cfg.picks) as f:
         f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in picks)
-    summary = {"prompts": len(prompts), "n": cfg.n, "urg": urg_source, "picked": sum(p["model"] is not None for p in picks),
+    summary = {"prompts": len(prompts), "n": cfg.n, "urg": urg_source,
+               "picked": sum(p["model"] is not None for p in picks),
                "failed_samples": sum(len(p["failed"]) for p in picks), "generate": generate_summary}
     with atomic_write(out / "best_of_n_summary.json") as f:
         json.dump(summary, f, indent=1)

@@ -261,7 +261,8 @@ def read_records(path: str | os.PathLike) -> list[Record]:
 
 
 def dumps_record(row: dict, where: str, indent: int | None = None) -> str:
-    """One record as standard JSON text; NaN/infinity or a lone surrogate raises `DataError` naming `where` and the field."""
+    """One record as standard JSON text; NaN/infinity or a lone surrogate raises `DataError` naming
+    `where` and the field."""
     try:
         text = json.dumps(row, ensure_ascii=False, allow_nan=False, indent=indent)
     except ValueError:  # NaN or an infinity

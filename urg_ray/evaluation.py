@@ -191,7 +191,8 @@ class Evaluator:
             raise ValueError(f"no rank rows named {unknown}; rank rows: {sorted(self.rankings)}")
         examples = [world[r.id] for r in self.records]
         refs = [r.output for r in self.records]
-        flat = self._score([strip_style(ex, i) for ex, cands in zip(examples, self.candidates) for i in range(len(cands))],
+        flat = self._score([strip_style(ex, i)
+                            for ex, cands in zip(examples, self.candidates) for i in range(len(cands))],
                            [ref for ref, cands in zip(refs, self.candidates) for _ in cands])
         it = iter(flat)
         stripped = [[next(it) for _ in cands] for cands in self.candidates]  # [record][i] -> metrics
@@ -203,7 +204,8 @@ class Evaluator:
                                       [s[order[0]] for s, order in zip(stripped, self.rankings[name])]))
         true_order = [sorted(range(len(t)), key=lambda i: -t[i]) for t in self.truth]
         sets = [(f"Ideal fusion, true top-{k}", [o[:k] for o in true_order]) for k in sorted({1, top_k})]
-        sets += [(f"Ideal fusion of {name}'s top-{top_k}", [o[:top_k] for o in self.rankings[name]]) for name in rankers]
+        sets += [(f"Ideal fusion of {name}'s top-{top_k}", [o[:top_k] for o in self.rankings[name]])
+                 for name in rankers]
         for name, chosen in sets:
             rows.append(self._add_row(name, "bound", self._score(
                 [fuse_facts(ex, c) for ex, c in zip(examples, chosen)], refs)))
@@ -216,7 +218,8 @@ class Evaluator:
         if unknown:
             raise ValueError(f"no rows named {unknown} with per-record scores; rows: {list(self.per_record)}")
         found = [{"a": a, "b": b, "metric": m, **paired_bootstrap(
-                    [x[m] for x in self.per_record[a]], [x[m] for x in self.per_record[b]], n_resamples, confidence, seed)}
+                    [x[m] for x in self.per_record[a]], [x[m] for x in self.per_record[b]], n_resamples, confidence,
+                    seed)}
                  for m in self.metric_names if m != GPT_RANK]
         self.paired += found
         return found
@@ -259,7 +262,8 @@ class Evaluator:
         each fusion row's texts ("texts": {name: [per record]}) and, where known, the candidate indices
         each fusion was shown ("shown": {name: [[index, ...] per record]})."""
         return {"ids": [r.id for r in self.records],
-                "rows": {name: {m: [x[m] for x in per] for m in self.metric_names} for name, per in self.per_record.items()},
+                "rows": {name: {m: [x[m] for x in per] for m in self.metric_names}
+                         for name, per in self.per_record.items()},
                 "texts": self.fused_texts, "shown": self.fused_shown}
 
     def write(self, out_dir: str | Path) -> list[Path]:
@@ -324,7 +328,8 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 
     Returns the observed mean difference and the interval's `low` and `high`."""
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if np.shape(a) != np.shape(b) or diff.ndim != 1 or not len(diff):
-        raise ValueError(f"need two equally long, non-empty lists of per-record scores, got {np.shape(a)} and {np.shape(b)}")
+        raise ValueError("need two equally long, non-empty lists of per-record scores, "
+                         f"got {np.shape(a)} and {np.shape(b)}")
     if not 0 < confidence < 1 or n_resamples < 1:
         raise ValueError(f"need 0 < confidence < 1 and n_resamples >= 1, got {confidence} and {n_resamples}")
     rng = np.random.default_rng(seed)
@@ -350,12 +355,14 @@ def summarize_runs(runs: Sequence[dict], records: Sequence[dict], paired: Sequen
     metric_names = [m for m in runs[0]["metrics"]]
     for i, (run, recs) in enumerate(zip(runs, records)):
         if recs["ids"] != records[0]["ids"]:
-            raise ValueError(f"run {i} was evaluated on other test records than run 0: paired statistics need the same ones")
+            raise ValueError(f"run {i} was evaluated on other test records than run 0: "
+                             "paired statistics need the same ones")
         if run["metrics"] != metric_names:
             raise ValueError(f"run {i} has metrics {run['metrics']}, run 0 {metric_names}")
 
     def spread(values: list[float]) -> dict[str, float]:
-        return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")}
+        return {"mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")}
 
     rows: dict[str, dict] = {}
     for run in runs:
@@ -378,8 +385,8 @@ def summarize_runs(runs: Sequence[dict], records: Sequence[dict], paired: Sequen
             raise ValueError(f"no run has both rows {a!r} and {b!r} with per-record scores")
         for m in (m for m in metric_names if m != GPT_RANK):
             per_run = [paired_bootstrap(r[a][m], r[b][m], n_resamples, confidence, seed) for r in have]
-            pooled = paired_bootstrap(np.mean([r[a][m] for r in have], axis=0), np.mean([r[b][m] for r in have], axis=0),
-                                      n_resamples, confidence, seed)
+            pooled = paired_bootstrap(np.mean([r[a][m] for r in have], axis=0),
+                                      np.mean([r[b][m] for r in have], axis=0), n_resamples, confidence, seed)
             intervals.append({"a": a, "b": b, "metric": m, "n_runs": len(have), "per_run": per_run, "pooled": pooled})
     sources = {}  # fact_sources of runs with the synthetic world's facts: only if every run has them
     if all(run.get("fact_sources") for run in runs):

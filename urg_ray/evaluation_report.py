@@ -9,10 +9,11 @@ LABELS = {"bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "R
           "bertscore": "BERTScore", "bartscore": "BARTScore", "gpt_rank": "GPT-Rank ↓"}
 KIND_TITLES = {"model": "Candidate models", "random": "Selection", "oracle": "Selection", "rank": "Selection",
                "fusion": "Fusion", "bound": "Bound"}
-BOUNDS_NOTE = ("Bound rows come from the synthetic world's latent facts: a candidate style-stripped is its facts (right "
-               "and wrong) in the reference's wording, without its model's style; an ideal fusion is the correct facts of "
-               "those candidates in the reference's order and wording (it knows the order, which no fuser is shown). "
-               "Fusion combines candidates where a fused row beats the style-stripped oracle and its own k=1 row.")
+BOUNDS_NOTE = ("Bound rows come from the synthetic world's latent facts: a candidate style-stripped is its facts "
+               "(right and wrong) in the reference's wording, without its model's style; an ideal fusion is the "
+               "correct facts of those candidates in the reference's order and wording (it knows the order, which "
+               "no fuser is shown). Fusion combines candidates where a fused row beats the style-stripped oracle and "
+               "its own k=1 row.")
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -26,9 +27,10 @@ def write_markdown(data: dict) -> str:
     head = "| | Row | " + " | ".join(LABELS.get(m, m) for m in metric_names) + " | Pearson | Spearman | Footrule ↓ |"
     lines = [f"# Evaluation on {data['n_records']} test records", "",
              "BLEU is sacrebleu sentence BLEU (0-100); ROUGE F1 and BERTScore F1 (0-1); BARTScore a mean "
-             "log-likelihood; GPT-Rank the mean ChatGPT rank (cmp_results) of the picked candidate. Selection rows pick one "
-             "candidate per record; Random is its expectation; Oracle (m) picks the best candidate by m. "
-             "Correlations are of a ranker's scores with the ground-truth quality, per record, averaged.", ""]
+             "log-likelihood; GPT-Rank the mean ChatGPT rank (cmp_results) of the picked candidate. "
+             "Selection rows pick one candidate per record; Random is its expectation; Oracle (m) picks the best "
+             "candidate by m. Correlations are of a ranker's scores with the ground-truth quality, per record, "
+             "averaged.", ""]
     if any(row["kind"] == "bound" for row in data["rows"]):
         lines += [BOUNDS_NOTE, ""]
     lines += [head, "|" + "---|" * (len(metric_names) + 5)]
@@ -44,9 +46,11 @@ def write_markdown(data: dict) -> str:
                   "| Fuser | Input | " + " | ".join(LABELS.get(m, m) for m in metric_names) + " |",
                   "|" + "---|" * (len(metric_names) + 2)]
         for name, result in data["robustness"].items():
-            lines.append(f"| {name} | top-2 (score) | " + " | ".join(_fmt(m, result["scores"][m]) for m in metric_names) + " |")
+            lines.append(f"| {name} | top-2 (score) | "
+                         + " | ".join(_fmt(m, result["scores"][m]) for m in metric_names) + " |")
             for key in ("delta% top2+worst1", "delta% top2+worst2"):
-                lines.append(f"| {name} | {key.split()[1]} (Δ%) | " + " | ".join(f"{result[key][m]:+.1f}" for m in metric_names) + " |")
+                lines.append(f"| {name} | {key.split()[1]} (Δ%) | "
+                             + " | ".join(f"{result[key][m]:+.1f}" for m in metric_names) + " |")
     if data.get("fact_sources"):
         lines += ["", *fact_sources_markdown(data["fact_sources"])]
     if data.get("paired"):
@@ -54,7 +58,8 @@ def write_markdown(data: dict) -> str:
                   "| A − B | Metric | Mean difference | Interval |", "|---|---|---|---|"]
         for p in data["paired"]:
             lines.append(f"| {p['a']} − {p['b']} | {LABELS.get(p['metric'], p['metric'])} | "
-                         f"{_fmt(p['metric'], p['mean'])} | [{_fmt(p['metric'], p['low'])}, {_fmt(p['metric'], p['high'])}] |")
+                         f"{_fmt(p['metric'], p['mean'])} | "
+                         f"[{_fmt(p['metric'], p['low'])}, {_fmt(p['metric'], p['high'])}] |")
     return "\n".join(lines) + "\n"
 
 
@@ -121,7 +126,8 @@ def write_summary_markdown(summary: dict) -> str:
             for key, label in (("scores", "top-2 (score)"), ("delta% top2+worst1", "+worst1 (Δ%)"),
                                ("delta% top2+worst2", "+worst2 (Δ%)")):
                 cells = [_spread(m, result[key][m]) if key == "scores" else
-                         f"{result[key][m]['mean']:+.1f}" + (f" ± {result[key][m]['std']:.1f}" if result["n_runs"] > 1 else "")
+                         f"{result[key][m]['mean']:+.1f}"
+                         + (f" ± {result[key][m]['std']:.1f}" if result["n_runs"] > 1 else "")
                          for m in metric_names]
                 lines.append(f"| {name} | {result['n_runs']} | {label} | " + " | ".join(cells) + " |")
     if summary.get("fact_sources"):
@@ -131,10 +137,12 @@ def write_summary_markdown(summary: dict) -> str:
         lines += ["", "## Paired bootstrap intervals", "", _paired_intro(first) + " Pooled: the difference averaged "
                   "over the runs per record, then resampled; it does not include the spread between seeds, which the "
                   "per-run intervals show.", "",
-                  "| A − B | Metric | Runs | Pooled mean | Pooled interval | Per run: mean [interval] |", "|---|---|---|---|---|---|"]
+                  "| A − B | Metric | Runs | Pooled mean | Pooled interval | Per run: mean [interval] |",
+                  "|---|---|---|---|---|---|"]
         for p in summary["paired"]:
             m, pooled = p["metric"], p["pooled"]
-            per_run = "; ".join(f"{_fmt(m, r['mean'])} [{_fmt(m, r['low'])}, {_fmt(m, r['high'])}]" for r in p["per_run"])
+            per_run = "; ".join(f"{_fmt(m, r['mean'])} [{_fmt(m, r['low'])}, {_fmt(m, r['high'])}]"
+                                for r in p["per_run"])
             lines.append(f"| {p['a']} − {p['b']} | {LABELS.get(m, m)} | {p['n_runs']} | {_fmt(m, pooled['mean'])} | "
                          f"[{_fmt(m, pooled['low'])}, {_fmt(m, pooled['high'])}] | {per_run} |")
     return "\n".join(lines) + "\n"

@@ -345,8 +345,10 @@ def generate(cfg: GenerateConfig, out_dir: str | Path, prompts: list[Prompt] | N
                 continue
             stats.update(_run_model(spec, todo, cfg, records, journal))
             log.info(f"{spec.name} ({spec.engine}): {len(todo)} prompts in {stats['wall_s']:.1f} s: "
-                     f"{stats['prompts_per_s']:.2f} prompts/s, {stats['generated_tokens_per_s']:.1f} generated tokens/s; "
-                     f"without the ~{stats['startup_s']:.1f} s start-up {stats['prompts_per_s_after_startup']} prompts/s, "
+                     f"{stats['prompts_per_s']:.2f} prompts/s, "
+                     f"{stats['generated_tokens_per_s']:.1f} generated tokens/s; "
+                     f"without the ~{stats['startup_s']:.1f} s start-up "
+                     f"{stats['prompts_per_s_after_startup']} prompts/s, "
                      f"{stats['generated_tokens_per_s_after_startup']} tokens/s; {stats['failed']} failed")
         # The output is durable (fsynced, renamed, directory fsynced) before the journal goes.
         summary["records"] = write_records(out_file, _ordered(records, prompts, [m.name for m in cfg.models]))

@@ -34,7 +34,8 @@ class SamplingConfig(_Strict):
 
     def for_prompt(self, prompt_id: str) -> Sampling:
         """The layer's sampling of one request: its seed is seed + a stable hash of the prompt id."""
-        seed = None if self.seed is None else (self.seed + int(hashlib.sha1(prompt_id.encode()).hexdigest()[:8], 16)) % 2**31
+        seed = (None if self.seed is None
+                else (self.seed + int(hashlib.sha1(prompt_id.encode()).hexdigest()[:8], 16)) % 2**31)
         return Sampling(max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, seed=seed)
 
 

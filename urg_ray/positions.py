@@ -32,8 +32,10 @@ class AbsolutePositions(nn.Module):
 
     def attach(self, model) -> "AbsolutePositions":
         self._hooks = [
-            model.get_encoder().register_forward_pre_hook(partial(_add_positions, table=self.encoder), with_kwargs=True),
-            model.get_decoder().register_forward_pre_hook(partial(_add_positions, table=self.decoder), with_kwargs=True),
+            model.get_encoder().register_forward_pre_hook(partial(_add_positions, table=self.encoder),
+                                                          with_kwargs=True),
+            model.get_decoder().register_forward_pre_hook(partial(_add_positions, table=self.decoder),
+                                                          with_kwargs=True),
         ]
         return self
 

@@ -84,7 +84,8 @@ def _bart_scorer(source: str, max_length: int) -> BARTScorer:
 
 
 def bartscore(hyps: Sequence[str], refs: Sequence[str], model: str = "tiny-bart",
-              direction: str = "reference_given_candidate", max_length: int = 1024, batch_size: int = 16) -> list[float]:
+              direction: str = "reference_given_candidate", max_length: int = 1024,
+              batch_size: int = 16) -> list[float]:
     """BARTScore of each hypothesis against its reference (see the module docstring for direction)."""
     scorer = _bart_scorer(model, max_length)
     if direction == "reference_given_candidate":
@@ -103,9 +104,11 @@ def score_candidates(hyps: Sequence[str], refs: Sequence[str], cfg: ScoreConfig)
     if rouge_types:
         columns.update(rouge(hyps, refs, rouge_types))
     if "bertscore" in cfg.metrics:
-        columns["bertscore"] = bertscore(hyps, refs, model_type=cfg.bertscore_model, num_layers=cfg.bertscore_num_layers)
+        columns["bertscore"] = bertscore(hyps, refs, model_type=cfg.bertscore_model,
+                                         num_layers=cfg.bertscore_num_layers)
     if "bartscore" in cfg.metrics:
-        columns["bartscore"] = bartscore(hyps, refs, cfg.bartscore_model, cfg.bartscore_direction, cfg.bartscore_max_length)
+        columns["bartscore"] = bartscore(hyps, refs, cfg.bartscore_model, cfg.bartscore_direction,
+                                         cfg.bartscore_max_length)
     return [{m: float(columns[m][i]) for m in cfg.metrics} for i in range(len(hyps))]
 
 
@@ -133,7 +136,8 @@ def scorer_actors(cfg: ScoreConfig, resources: dict[str, float], n_rows: int) ->
     per CPU each, beat one actor with every thread on small models: 1.3x (BARTScore) on 2 cores here."""
     if cfg.concurrency is not None:
         return cfg.concurrency
-    per_actor, have = (cfg.num_gpus, resources.get("GPU", 0)) if cfg.num_gpus > 0 else (cfg.num_cpus, resources.get("CPU", 0))
+    per_actor, have = ((cfg.num_gpus, resources.get("GPU", 0)) if cfg.num_gpus > 0
+                       else (cfg.num_cpus, resources.get("CPU", 0)))
     batches = -(-n_rows // cfg.batch_size)
     return max(1, min(int(have // per_actor), batches, MAX_DEFAULT_ACTORS))
 

@@ -150,8 +150,10 @@ class SyntheticConfig:
                   (self.error_scale >= 0 and self.max_words >= 5, "need error_scale >= 0 and max_words >= 5"),
                   (self.coverage > 0, "coverage must be > 0"),
                   (self.question_topics is None or (len(self.question_topics) == 2 and 0 <= self.question_topics[0]
-                                                    and self.question_topics[0] + 2 <= self.question_topics[1] <= self.n_topics),
-                   f"question_topics must be [start, stop] with 0 <= start, start + 2 <= stop <= n_topics ({self.n_topics})")]
+                                                    and self.question_topics[0] + 2 <= self.question_topics[1]
+                                                    <= self.n_topics),
+                   "question_topics must be [start, stop] with 0 <= start, start + 2 <= stop <= n_topics "
+                   f"({self.n_topics})")]
         problems = [message for ok, message in checks if not ok]
         if problems:
             raise ValueError(f"SyntheticConfig: {'; '.join(problems)}")

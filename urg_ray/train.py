@@ -79,7 +79,8 @@ def pack_records(records: list[Record]) -> dict[str, np.ndarray]:
     """Records as one UTF-8 byte array plus offsets: Ray's object store hands numpy arrays to
     every worker on a node without a copy, and a worker decodes only the records it trains on."""
     blobs = [r.model_dump_json().encode() for r in records]
-    return {"bytes": np.frombuffer(b"".join(blobs), dtype=np.uint8), "offsets": np.cumsum([0] + [len(b) for b in blobs])}
+    return {"bytes": np.frombuffer(b"".join(blobs), dtype=np.uint8),
+            "offsets": np.cumsum([0] + [len(b) for b in blobs])}
 
 
 def training_batch(packed: dict[str, np.ndarray], step: int, world: int, rank: int, batch_size: int,
@@ -239,7 +240,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics_now, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     def dev_metrics() -> dict:
-        out = [model.dev_metrics(dev, [config["score_keys"]["dev"]], fuse_records=t.dev_fuse_records) if rank == 0 else None]
+        out = [model.dev_metrics(dev, [config["score_keys"]["dev"]], fuse_records=t.dev_fuse_records)
+               if rank == 0 else None]
         if world > 1:
             dist.broadcast_object_list(out, src=0)  # every rank reports the same numbers
         return out[0]
@@ -309,7 +311,8 @@ def build_trainer(cfg: JobConfig, records: dict[str, list[Record]], loop=None, v
             name=t.name, storage_path=str(Path(t.storage_path).resolve()),
             failure_config=FailureConfig(max_failures=t.max_failures),
             logging_config=ray.LoggingConfig(log_level="INFO" if verbose else "WARNING"),  # Ray Train's own
-            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=checkpoint_metric(cfg),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints,
+                                               checkpoint_score_attribute=checkpoint_metric(cfg),
                                                checkpoint_score_order="max"),
         ),
     )

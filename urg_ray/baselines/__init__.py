@@ -17,8 +17,8 @@ from urg_ray.baselines.rankers import PairRanker, SimCLS, SummaReranker
 
 BASELINES = {cls.method: cls for cls in (PairRanker, SummaReranker, SimCLS, GenFuser)}
 
-__all__ = ["BASELINES", "build", "RANKER_PRESETS", "BaselineConfig", "GenFuser", "PairRanker", "SimCLS", "SummaReranker",
-           "bubble_pass", "bubble_scores", "fusion_input", "max_logits", "max_wins", "rank_and_fuse"]
+__all__ = ["BASELINES", "build", "RANKER_PRESETS", "BaselineConfig", "GenFuser", "PairRanker", "SimCLS",
+           "SummaReranker", "bubble_pass", "bubble_scores", "fusion_input", "max_logits", "max_wins", "rank_and_fuse"]
 
 
 

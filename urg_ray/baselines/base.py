@@ -79,8 +79,10 @@ class RankerCollator(Collator):
     def encode_pairs(self, questions: Sequence[str], candidates: Sequence[Sequence[str]]) -> RankerBatch:
         check_candidate_lists(questions, candidates)
         sep, pad = self.tokenizer.sep_token_id, self.tokenizer.pad_token_id
-        source_ids, source_mask = pad_rows([q + [sep] for q in self._batch_ids(list(questions), self.source_max_length)], pad)
-        flat = [c + [sep] for c in self._batch_ids([str(c) for cs in candidates for c in cs], self.candidate_max_length)]
+        source_ids, source_mask = pad_rows(
+            [q + [sep] for q in self._batch_ids(list(questions), self.source_max_length)], pad)
+        flat = [c + [sep]
+                for c in self._batch_ids([str(c) for cs in candidates for c in cs], self.candidate_max_length)]
         n_max = max(len(c) for c in candidates)
         flat_ids, flat_mask = pad_rows(flat, pad)  # (R, Lc)
         candidate_mask = torch.zeros(len(candidates), n_max, dtype=torch.bool)

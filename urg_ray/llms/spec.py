@@ -21,7 +21,8 @@ class LLMSpec(BaseModel):
     name: str  # the candidate's "model" in records and responses
     # a registered engine (urg_ray.llms.base.engine_names()); checked by `check_engine` where a job or app
     # starts, not here: a spec re-validated inside a Ray worker may name an engine only the driver registered
-    engine: str = Field("vllm", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", validation_alias=AliasChoices("engine", "kind"))
+    engine: str = Field("vllm", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                        validation_alias=AliasChoices("engine", "kind"))
     # hub id, local folder, tiny model name (urg_ray.tiny_llms), or the remote model (openai); default: name
     source: str | None = Field(None, validation_alias=AliasChoices("source", "model_source", "remote_model"))
     dtype: str = "auto"
