@@ -11,9 +11,9 @@ correlations), URG fusion, and NAME-Gen for every --ranker: its top-k fused by e
 its top-1 alone (NAME (k=1)) and the bound rows of urg_ray.evaluation (style-stripped oracle and
 top-1 of each URG's ranking, ideal fusions), and a table of where each fused row's right facts
 come from: the candidates it was shown, other candidates, or none (its memory of the world). The
-facts are read in the world they were made in: the knobs make_data wrote beside them
-(TEST.world.yaml) and/or `--synthetic` (the knobs make_data was given; both given must agree),
-else the default world. `--paired A=B` adds a paired bootstrap
+facts are read in the world they were made in: `--synthetic` (the knobs make_data was given),
+else the config make_data wrote beside them (TEST.world.yaml), else the default world; both
+given must describe one world. `--paired A=B` adds a paired bootstrap
 interval of row A minus row B. Writes DIR/eval.json, DIR/eval_records.json (per-record scores,
 fused texts and the candidates each fusion was shown), DIR/eval.md, DIR/eval.png (and DIR/robustness.png).
 
@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--facts", help="the test file's facts (default: TEST.facts.jsonl beside TEST.jsonl)")
     parser.add_argument("--synthetic", metavar="YAML", help="with --bounds: the SyntheticConfig fields make_data "
                         "was given (e.g. jobs/configs/study-synthetic.yaml), the world the fused answers' facts "
-                        "are read in (default: FACTS.world.yaml beside the facts, which make_data writes; "
-                        "both given must agree)")
+                        "are read in (default: TEST.world.yaml beside the facts, which make_data writes; "
+                        "both given must describe one world)")
     parser.add_argument("--paired", action="append", default=[], metavar="A=B",
                         help="a paired bootstrap interval of row A minus row B (repeatable)")
     parser.add_argument("--summarize", nargs="+", metavar="FOLDER",
@@ -202,45 +202,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def world_of(facts_file: str, synthetic: str | None) -> tuple[SyntheticConfig, str | None]:
-    """The SyntheticConfig a facts file is read in and the file it came from: `--synthetic`, else
-    the knobs jobs/make_data.py wrote beside the facts (`world_path`), else the default world
-    (None). Both given, describing different worlds: a ConfigError naming both files."""
-    import dataclasses
-
-    from urg_ray.synthetic import knobs_file, world_from_knobs
-    from urg_ray.synthetic_facts import world_path
-
-    beside = world_path(facts_file)
-    given = [f for f in (synthetic, beside if Path(beside).is_file() else None) if f]
-    worlds = {f: world_from_knobs(knobs_file(f)) for f in given}
-    if len(set(worlds.values())) > 1:
-        a, b = worlds.values()
-        differ = [f"{k.name} {getattr(a, k.name)!r} vs {getattr(b, k.name)!r}" for k in dataclasses.fields(a)
-                  if getattr(a, k.name) != getattr(b, k.name)]
-        raise ConfigError(f"--bounds: --synthetic {synthetic} and {beside} (the knobs {facts_file} was made "
-                          f"with) describe different worlds ({', '.join(differ)}); drop --synthetic, or give "
-                          f"the knobs the facts were made with")
-    return (worlds[given[0]], given[0]) if given else (world_from_knobs({}), None)
-
-
-def load_world(facts_file: str | None, synthetic: str | None, test_file: str, records) -> tuple[dict, dict, object]:
+def load_world(facts_file: str | None, synthetic: str | None, test_file: str,
+               records) -> tuple[dict, dict, SyntheticConfig]:
     """Record id -> SyntheticExample from the facts file beside the test file (make_data writes it),
-    the facts file read, and the SyntheticConfig of its world (:func:`world_of`): a world that lacks
-    the facts' reference facts is refused (`world_mismatch`; a larger world that holds them passes)."""
-    from urg_ray.synthetic_facts import attach_facts, facts_path, read_facts, world_mismatch
+    the facts file read, and the SyntheticConfig of its world (`urg_ray.synthetic_facts.world_of`): a
+    world that lacks the facts' reference facts is refused (`world_mismatch`; a larger world that holds
+    them passes)."""
+    from urg_ray.synthetic_facts import attach_facts, facts_path, read_facts, world_mismatch, world_of, world_path
 
     path = facts_file or facts_path(test_file)
     if not Path(path).is_file():
         raise ConfigError(f"--bounds: no facts file {path} (jobs/make_data.py writes it beside the test file; "
                           f"or give --facts)")
-    config, source = world_of(path, synthetic)
+    try:
+        config, source = world_of(path, synthetic)
+    except ValueError as err:
+        raise ConfigError(f"--bounds: {err}") from None
     facts = read_facts(path)
     mismatch = world_mismatch({r.id: facts[r.id] for r in records if r.id in facts}, config)
     if mismatch:
-        hint = (f"the world of {source}" if source else "the default world") + " is not the one it was made in"
-        raise ConfigError(f"--bounds: {path}: {mismatch}; {hint}; give --synthetic the knobs jobs/make_data.py "
-                          f"made it with")
+        if source is not None and source == world_path(path):  # the config beside the facts is stale
+            raise ConfigError(f"--bounds: {path}: {mismatch}; {source} beside it is not the world it was made "
+                              f"in: remake the data, or remove {source} and give --synthetic the knobs it was "
+                              f"made with")
+        where = f"the world of {source}" if source else "the default world"
+        raise ConfigError(f"--bounds: {path}: {mismatch}; {where} is not the one it was made in; give --synthetic "
+                          f"the knobs jobs/make_data.py made it with")
     world = {}
     for r in records:
         if r.id not in facts:

@@ -10,7 +10,7 @@ n_dev, n_test, n_candidates, seed); the files are its data.train_file, dev_file 
 or train/dev/test.jsonl in `--out`. Knobs are the fields of `urg_ray.synthetic.SyntheticConfig`,
 from a YAML file (`--synthetic`) and/or `--knob` (which wins). Splits use seeds seed, seed+1,
 seed+2 and share one world. Beside each split, SPLIT.facts.jsonl holds each record's latent facts
-(`urg_ray.synthetic_facts.write_facts`) and SPLIT.world.yaml the knobs given (`write_world_knobs`),
+(`urg_ray.synthetic_facts.write_facts`) and SPLIT.world.yaml its SyntheticConfig (`write_world_config`),
 which `jobs/evaluate.py --bounds` reads: the facts, in the world they were made in.
 Prints, per split, the headroom the data leaves: mean BLEU per model, of the best model, of the
 oracle (best candidate per record), of the best candidate without its style, and of an ideal
@@ -35,7 +35,7 @@ from urg_ray.data import write_records  # noqa: E402
 from urg_ray.metrics import bleu  # noqa: E402
 from urg_ray.synthetic import (  # noqa: E402
     MODELS, SyntheticConfig, SyntheticExample, ideal_fusion, knobs_file, make_examples, strip_style, typed_knob)
-from urg_ray.synthetic_facts import facts_path, world_path, write_facts, write_world_knobs  # noqa: E402
+from urg_ray.synthetic_facts import facts_path, world_path, write_facts, write_world_config  # noqa: E402
 
 KNOBS = {f.name for f in dataclasses.fields(SyntheticConfig)}
 
@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         data = job_config(args).data
         if not 1 <= data.n_candidates <= len(MODELS):
             raise ValueError(f"data.n_candidates: {data.n_candidates}, expected 1..{len(MODELS)}")
-        knobs = (knobs_file(args.synthetic) if args.synthetic else {}) | parse_knobs(args.knobs)
-        config = SyntheticConfig(**knobs)
+        config = SyntheticConfig(**(knobs_file(args.synthetic) if args.synthetic else {}) | parse_knobs(args.knobs))
     except (*INPUT_ERRORS, ValueError, TypeError) as err:
         return bad_input(err)
 
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         count = write_records(path, [ex.record for ex in examples])
         facts = facts_path(path)
         write_facts(facts, examples)
-        write_world_knobs(world_path(facts), knobs)
+        write_world_config(world_path(facts), config)
         print(f"wrote {path} (its facts {facts}, its world {world_path(facts)}): {count} records x "
               f"{data.n_candidates} candidates (seed {seed}, {time.perf_counter() - start:.1f}s)")
         if not examples:

@@ -42,12 +42,12 @@ from _cli import INPUT_ERRORS, bad_input  # noqa: E402
 from pipeline_report import ReportError, write_report  # noqa: E402
 
 from urg_ray.config import ConfigError, load_config  # noqa: E402
+from urg_ray.synthetic import WORLD_KNOBS  # noqa: E402
 
 JOBS = Path(__file__).resolve().parent
 PY = sys.executable
 DEFAULT_CONFIG = JOBS / "configs" / "pipeline.yaml"
 SPLITS = ("train", "dev", "test")
-WORLD_KNOBS = ("n_topics", "pool_size", "world_seed")  # the SyntheticConfig fields that make the world
 
 
 class _Strict(BaseModel):

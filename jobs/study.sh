@@ -59,9 +59,10 @@ for seed in $SEEDS; do  # seed by seed, so that a partial study is already one w
     train urg-no-erm  --set loss.erm=false
   fi
 done
-# Table 2's other rankers (seed 0) last: the issue's comparison (URG, LLM-Blender, 3 seeds) comes first
-train summa_reranker --set method=summa_reranker "${RANKER[@]}"
-train simcls         --set method=simcls "${RANKER[@]}"
+if [[ " $SEEDS " == *" 0 "* ]]; then  # Table 2's other rankers (seed 0) last: the issue's comparison first
+  train summa_reranker --set method=summa_reranker "${RANKER[@]}"
+  train simcls         --set method=simcls "${RANKER[@]}"
+fi
 [ -z "${STUDY_ONLY:-}" ] || exit 0
 
 folders=()

@@ -1,5 +1,6 @@
 """jobs/make_data.py: each split's facts with the world's knobs beside them, as jobs/evaluate.py --bounds reads them."""
 
+import dataclasses
 import shutil
 
 import pytest
@@ -28,7 +29,9 @@ def test_each_split_keeps_the_knobs_it_was_made_with_and_evaluate_reads_its_fact
     from evaluate import load_world
 
     for split in ("train", "dev", "test"):
-        assert knobs_file(made / f"{split}.world.yaml") == GIVEN  # the knobs as given, nothing else
+        written = knobs_file(made / f"{split}.world.yaml")  # every field, so a later default cannot move it
+        assert set(written) == {f.name for f in dataclasses.fields(SyntheticConfig)}
+        assert SyntheticConfig(**written) == SyntheticConfig(**GIVEN)
     test = str(made / "test.jsonl")
     records = read_records(test)
     world, facts, config = load_world(None, None, test, records)  # no --synthetic: the world file beside the facts
@@ -48,7 +51,37 @@ def test_a_synthetic_file_of_another_world_than_the_one_beside_the_facts_is_name
     assert main(["--test-file", str(made / "test.jsonl"), "--bounds", "--synthetic", str(other)]) == 2
     err = capsys.readouterr().err
     assert f"--synthetic {other} and {made / 'test.world.yaml'}" in err and "describe different worlds" in err
-    assert "pool_size 10 vs 12" in err and "off_topic_rate 0.05 vs 0.1" in err
+    assert "pool_size 10 vs 12" in err and "off_topic_rate" not in err  # only the fields that make the world
+
+
+def test_a_synthetic_file_of_the_same_world_is_read_even_if_other_knobs_differ(made):
+    from evaluate import load_world
+
+    test = str(made / "test.jsonl")  # made with off_topic_rate 0.1; STUDY_WORLD leaves it at 0.05
+    config = load_world(None, STUDY_WORLD, test, read_records(test))[2]
+    assert (config.pool_size, config.off_topic_rate) == (12, 0.05)
+
+
+def test_a_stale_world_file_beside_the_facts_is_named_as_such(made, tmp_path, capsys):
+    from evaluate import main
+
+    for name in ("test.jsonl", "test.facts.jsonl"):
+        shutil.copy(made / name, tmp_path / name)
+    (tmp_path / "test.world.yaml").write_text("pool_size: 10\n")  # not the world the facts were made in
+    assert main(["--test-file", str(tmp_path / "test.jsonl"), "--bounds"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'test.world.yaml'} beside it is not the world it was made in: remake the data" in err
+
+
+def test_a_bad_world_file_is_named(made, tmp_path, capsys):
+    from evaluate import main
+
+    for name in ("test.jsonl", "test.facts.jsonl"):
+        shutil.copy(made / name, tmp_path / name)
+    (tmp_path / "test.world.yaml").write_text("coverage: 0\n")
+    assert main(["--test-file", str(tmp_path / "test.jsonl"), "--bounds"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'test.world.yaml'}: " in err and "coverage" in err
 
 
 def test_facts_without_a_world_file_are_read_in_synthetic_else_the_default_world(made, tmp_path):

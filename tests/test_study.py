@@ -57,9 +57,9 @@ def test_gen_fusers_training_and_evaluation_prompts_are_identical():
     assert "Define kiln." in prompts[2] and "answer 3 about the kiln" in prompts[0]
 
 
-def _dry_run(tmp_path) -> list[list[str]]:
+def _dry_run(tmp_path, **env) -> list[list[str]]:
     env = dict(os.environ, STUDY_DRY_RUN="1", PYTHON=sys.executable, STUDY_OUT=str(tmp_path / "out"),
-               RESULTS=str(tmp_path / "results"))
+               RESULTS=str(tmp_path / "results"), **env)
     proc = subprocess.run(["bash", "jobs/study.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
@@ -95,6 +95,15 @@ def test_study_trains_every_method_on_the_same_records_with_seeds_and_a_cap(tmp_
     assert list(runs)[:3] == ["study2-urg-s0", "study2-pair_ranker-s0", "study2-gen_fuser-s0"]
     data = load_config(ROOT / "jobs/configs/study.yaml").data
     assert data.n_test >= 500
+
+
+def test_study_without_seed_0_trains_and_evaluates_only_those_seeds(tmp_path):
+    commands = _dry_run(tmp_path, STUDY_SEEDS="1")
+    names = [load_config(ROOT / c[c.index("--config") + 1], _sets(c)).train.name
+             for c in commands if "jobs/train.py" in c]
+    assert names == ["study2-urg-s1", "study2-pair_ranker-s1", "study2-gen_fuser-s1"]  # seed 0's extras stay out
+    evaluations = [c[c.index("--out") + 1] for c in commands if "jobs/evaluate.py" in c and "--summarize" not in c]
+    assert evaluations == [str(tmp_path / "results/seed1")]
 
 
 def test_study_evaluates_each_seed_on_one_test_set_with_bounds_and_summarises(tmp_path):

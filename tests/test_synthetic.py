@@ -75,9 +75,10 @@ def test_a_knobs_file_sets_the_optional_question_topics_or_leaves_it_null(tmp_pa
     assert config.question_topics == (2, 6) and config.pool_size == 12
     knobs.write_text("question_topics: null\n")
     assert synthetic.SyntheticConfig(**synthetic.knobs_file(knobs)) == synthetic.SyntheticConfig()
-    knobs.write_text("question_topics: 3\n")
-    with pytest.raises(ValueError, match="question_topics needs a list or null"):
-        synthetic.knobs_file(knobs)
+    for bad in ("3", "[2, a]", "[2, 6.5]", "[2, 4, 6]"):
+        knobs.write_text(f"question_topics: {bad}\n")
+        with pytest.raises(ValueError, match=f"{knobs}: question_topics: question_topics needs a list of two ints"):
+            synthetic.knobs_file(knobs)
 
 
 def test_twelve_candidates_and_limits():

@@ -101,6 +101,9 @@ INSTRUCTIONS_WITH_INPUT = {
 }
 
 
+WORLD_KNOBS = ("n_topics", "pool_size", "world_seed")  # the SyntheticConfig fields that make the world
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Knobs of the generator; the defaults run and leave room for both ranking and fusion."""
@@ -331,10 +334,12 @@ def typed_knob(key: str, value: Any, where: str) -> Any:
     if key not in names:
         raise ValueError(f"{where}: unknown knob {key!r}; known: {sorted(names)}")
     default = getattr(SyntheticConfig(), key)
-    if default is None:  # an optional pair (question_topics): null, or a YAML list
-        if value is None or isinstance(value, list):
-            return None if value is None else tuple(value)
-        raise ValueError(f"{where}: {key} needs a list or null (default null), got {value!r}")
+    if default is None:  # an optional pair (question_topics): null, or a YAML list of two ints
+        if value is None:
+            return None
+        if isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value):
+            return tuple(value)
+        raise ValueError(f"{where}: {key} needs a list of two ints or null (default null), got {value!r}")
     if isinstance(default, tuple):
         value = tuple(value) if isinstance(value, list) else (value,)
     elif isinstance(default, float) and type(value) is int:

@@ -1,5 +1,5 @@
 """The latent facts of synthetic records (`urg_ray.synthetic`), outside the generator: the facts
-file written beside a data set and read back for evaluation bounds (with the knobs of the world
+file written beside a data set and read back for evaluation bounds (with the config of the world
 it was made in beside it), and the facts a free text (an LLM's answer) states."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from urg_ray.synthetic import SyntheticConfig, SyntheticExample
+from urg_ray.synthetic import WORLD_KNOBS, SyntheticConfig, SyntheticExample, knobs_file, world_from_knobs
 from urg_ray.synthetic_world import TASKS, TOPICS, VERBS, Fact, render_reference, topic_pool
 
 
@@ -53,23 +53,50 @@ def facts_path(records_path: str | os.PathLike) -> str:
 
 
 def world_path(facts_file: str | os.PathLike) -> str:
-    """Where :func:`write_world_knobs` puts the world of a facts file: ``test.facts.jsonl`` -> ``test.world.yaml``."""
+    """Where :func:`write_world_config` puts the world of a facts file: ``test.facts.jsonl`` -> ``test.world.yaml``."""
     path = os.fspath(facts_file)
     stem = next((path[: -len(s)] for s in (".facts.jsonl", ".jsonl") if path.endswith(s)), path)
     return f"{stem}.world.yaml"
 
 
-def write_world_knobs(path: str | os.PathLike, knobs: Mapping[str, Any]) -> None:
-    """The SyntheticConfig knobs a data set was made with, as given (the rest keep their defaults):
-    a YAML mapping that :func:`urg_ray.synthetic.knobs_file` reads back, as datasets keep a
-    dataset's config beside its data."""
+def write_world_config(path: str | os.PathLike, config: SyntheticConfig) -> None:
+    """Every field of the SyntheticConfig a data set was made with (not only the knobs given, so a
+    later change of a default cannot change the world it is read in): a YAML mapping that
+    :func:`urg_ray.synthetic.knobs_file` reads back, as datasets keep a dataset's config beside its data."""
+    import dataclasses
+
     import yaml
 
     from urg_ray.durable import atomic_write
 
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
     with atomic_write(path) as f:
-        f.write("# urg_ray.synthetic.SyntheticConfig knobs this data set was made with (the rest: defaults)\n")
-        f.write(yaml.safe_dump(dict(knobs), sort_keys=True))
+        f.write("# the urg_ray.synthetic.SyntheticConfig this data set was made with (jobs/make_data.py)\n")
+        f.write(yaml.safe_dump(fields, sort_keys=True))
+
+
+def world_of(facts_file: str | os.PathLike, synthetic: str | None) -> tuple[SyntheticConfig, str | None]:
+    """The SyntheticConfig a facts file is read in, and the file it came from: `synthetic` (knobs
+    as jobs/make_data.py was given them), else the config written beside the facts
+    (:func:`world_path`), else the default world (None). Both given: their worlds (``WORLD_KNOBS``,
+    the only fields that decide which facts a text states) must agree, else a ValueError naming
+    both files and the fields."""
+    beside = world_path(facts_file)
+    given = [f for f in (synthetic, beside if os.path.isfile(beside) else None) if f]
+    configs = {}
+    for f in given:
+        try:
+            configs[f] = world_from_knobs(knobs_file(f))
+        except ValueError as err:
+            raise ValueError(err if str(err).startswith(str(f)) else f"{f}: {err}") from None
+    if len(configs) == 2:
+        a, b = configs.values()
+        differ = [f"{k} {getattr(a, k)!r} vs {getattr(b, k)!r}" for k in WORLD_KNOBS if getattr(a, k) != getattr(b, k)]
+        if differ:
+            raise ValueError(f"--synthetic {synthetic} and {beside} (the config {os.fspath(facts_file)} was made "
+                             f"with) describe different worlds ({', '.join(differ)}); drop --synthetic, or give "
+                             f"the knobs the facts were made with")
+    return (configs[given[0]], given[0]) if given else (world_from_knobs({}), None)
 
 
 def _fact_list(facts: Iterable[Fact]) -> list[list[str]]:
