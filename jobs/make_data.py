@@ -106,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                                  id_prefix=f"synthetic/{split}")
         count = write_records(path, [ex.record for ex in examples])
         facts = facts_path(path)
+        world = world_path(facts)
         write_facts(facts, examples)
-        write_world_config(world_path(facts), config)
-        print(f"wrote {path} (its facts {facts}, its world {world_path(facts)}): {count} records x "
+        write_world_config(world, config)
+        print(f"wrote {path} (its facts {facts}, its world {world}): {count} records x "
               f"{data.n_candidates} candidates (seed {seed}, {time.perf_counter() - start:.1f}s)")
         if not examples:
             continue
