@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The CPU-scale study of docs/results/study.md, protocol of issue 17, end to end: the synthetic
 # world where fusion must combine (jobs/configs/study-synthetic.yaml), URG, PairRanker and GenFuser
-# (LLM-Blender) with 3 seeds, the two ablations and two more rankers with seed 0, every one trained
-# on the same records for the same steps (jobs/configs/study.yaml), then one evaluation per seed
-# on the same 500 test records (bounds, k=1, robustness, paired bootstrap) and a summary over seeds.
+# (LLM-Blender) with 3 seeds and the two ablations with seed 0, every one trained on the same records
+# for the same steps (jobs/configs/study.yaml), then one evaluation per seed on the same 500 test
+# records (bounds, k=1, robustness, paired bootstrap) and a summary over seeds; last, two more
+# rankers (seed 0), trained the same way and evaluated with seed 0's PairRanker into RESULTS/rankers.
 #
 #   bash jobs/study.sh        # does what is left: finished runs are skipped, an unfinished one resumes
 #
@@ -59,28 +60,36 @@ for seed in $SEEDS; do  # seed by seed, so that a partial study is already one w
     train urg-no-erm  --set loss.erm=false
   fi
 done
-if [[ " $SEEDS " == *" 0 "* ]]; then  # Table 2's other rankers (seed 0) last: the issue's comparison first
+evaluated() {  # FOLDER: an evaluation already written is skipped
+  if [ -z "$DRY" ] && [ -f "$1/eval_records.json" ]; then echo "[study] $1: evaluated"; return 0; fi
+  return 1
+}
+
+if [ -z "${STUDY_ONLY:-}" ]; then  # the issue's comparison is evaluated before Table 2's other rankers train
+  folders=()
+  for seed in $SEEDS; do
+    folders+=("$RESULTS/seed$seed")
+    extra=()
+    if [ "$seed" = 0 ]; then
+      extra=(--urg "URG w/o ranking loss=$OUT/urg-no-rank/model" --urg "URG w/o ERM=$OUT/urg-no-erm/model")
+    fi
+    evaluated "$RESULTS/seed$seed" && continue
+    run "$PYTHON" jobs/evaluate.py --config "$CONFIG" --bounds --synthetic "$WORLD" --robustness \
+      --out "$RESULTS/seed$seed" \
+      --urg "URG=$OUT/urg-s$seed/model" --ranker "PairRanker=$OUT/pair_ranker-s$seed/model" \
+      --fuser "GenFuser=$OUT/gen_fuser-s$seed/model" "${extra[@]}" \
+      --paired "URG=PairRanker-Gen" --paired "URG=URG (k=1)" --paired "URG-rank=PairRanker"
+  done
+  run "$PYTHON" jobs/evaluate.py --summarize "${folders[@]}" --out "$RESULTS" \
+    --paired "URG=PairRanker-Gen" --paired "URG=URG (k=1)" --paired "URG-rank=PairRanker"
+fi
+
+if [[ " $SEEDS " == *" 0 "* ]]; then  # Table 2's other rankers (seed 0), beside seed 0's PairRanker
   train summa_reranker --set method=summa_reranker "${RANKER[@]}"
   train simcls         --set method=simcls "${RANKER[@]}"
+  if [ -z "${STUDY_ONLY:-}" ] && ! evaluated "$RESULTS/rankers"; then
+    run "$PYTHON" jobs/evaluate.py --config "$CONFIG" --out "$RESULTS/rankers" \
+      --ranker "PairRanker=$OUT/pair_ranker-s0/model" --ranker "SummaReranker=$OUT/summa_reranker/model" \
+      --ranker "SimCLS=$OUT/simcls/model" --paired "SummaReranker=PairRanker" --paired "SimCLS=PairRanker"
+  fi
 fi
-[ -z "${STUDY_ONLY:-}" ] || exit 0
-
-folders=()
-for seed in $SEEDS; do
-  folders+=("$RESULTS/seed$seed")
-  extra=()
-  if [ "$seed" = 0 ]; then
-    extra=(--urg "URG w/o ranking loss=$OUT/urg-no-rank/model" --urg "URG w/o ERM=$OUT/urg-no-erm/model"
-           --ranker "SummaReranker=$OUT/summa_reranker/model" --ranker "SimCLS=$OUT/simcls/model")
-  fi
-  if [ -z "$DRY" ] && [ -f "$RESULTS/seed$seed/eval_records.json" ]; then
-    echo "[study] seed $seed: evaluated"; continue
-  fi
-  run "$PYTHON" jobs/evaluate.py --config "$CONFIG" --bounds --synthetic "$WORLD" --robustness \
-    --out "$RESULTS/seed$seed" \
-    --urg "URG=$OUT/urg-s$seed/model" --ranker "PairRanker=$OUT/pair_ranker-s$seed/model" \
-    --fuser "GenFuser=$OUT/gen_fuser-s$seed/model" "${extra[@]}" \
-    --paired "URG=PairRanker-Gen" --paired "URG=URG (k=1)" --paired "URG-rank=PairRanker"
-done
-run "$PYTHON" jobs/evaluate.py --summarize "${folders[@]}" --out "$RESULTS" \
-  --paired "URG=PairRanker-Gen" --paired "URG=URG (k=1)" --paired "URG-rank=PairRanker"

@@ -108,7 +108,7 @@ def test_study_without_seed_0_trains_and_evaluates_only_those_seeds(tmp_path):
 
 def test_study_evaluates_each_seed_on_one_test_set_with_bounds_and_summarises(tmp_path):
     commands = _dry_run(tmp_path)
-    evaluations = [c for c in commands if "jobs/evaluate.py" in c and "--summarize" not in c]
+    evaluations = [c for c in commands if "jobs/evaluate.py" in c and "--bounds" in c]
     assert [c[c.index("--out") + 1] for c in evaluations] == [str(tmp_path / f"results/seed{s}") for s in range(3)]
     for seed, cmd in enumerate(evaluations):
         assert {"--bounds", "--robustness"} <= set(cmd) and "--test-file" not in cmd and "--max-records" not in cmd
@@ -123,6 +123,21 @@ def test_study_evaluates_each_seed_on_one_test_set_with_bounds_and_summarises(tm
     (summary,) = [c for c in commands if "--summarize" in c]
     assert summary[summary.index("--summarize") + 1:][:3] == [str(tmp_path / f"results/seed{s}") for s in range(3)]
     assert "URG=PairRanker-Gen" in summary
+
+
+def test_study_evaluates_the_comparison_before_the_other_rankers_train_then_evaluates_them(tmp_path):
+    commands = _dry_run(tmp_path)
+
+    steps = [Path(c[c.index("--out") + 1]).name for c in commands if "jobs/train.py" in c or "jobs/evaluate.py" in c]
+    # the comparison (3 seeds, then their summary into RESULTS) is complete before the two
+    # extra rankers train (~2 h each); they are evaluated last, into RESULTS/rankers
+    assert steps[-7:] == ["seed0", "seed1", "seed2", "results", "summa_reranker", "simcls", "rankers"]
+    rankers = commands[-1]
+    given = [rankers[i + 1] for i, w in enumerate(rankers) if w in ("--urg", "--ranker", "--fuser")]
+    out = f"{tmp_path}/out"
+    assert given == [f"PairRanker={out}/pair_ranker-s0/model", f"SummaReranker={out}/summa_reranker/model",
+                     f"SimCLS={out}/simcls/model"]
+    assert "SummaReranker=PairRanker" in rankers and "SimCLS=PairRanker" in rankers
 
 
 @pytest.mark.slow
