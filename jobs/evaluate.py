@@ -64,7 +64,7 @@ def summarize(folders: list[str], paired: list[tuple[str, str]], out: str) -> in
     import json
 
     from urg_ray.evaluation import summarize_runs
-    from urg_ray.evaluation_report import write_summary_markdown
+    from urg_ray.evaluation_report import write_summary_chart, write_summary_markdown
 
     try:
         runs = [json.loads((Path(f) / "eval.json").read_text()) for f in folders]
@@ -75,7 +75,9 @@ def summarize(folders: list[str], paired: list[tuple[str, str]], out: str) -> in
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "summary.json").write_text(json.dumps(summary | {"runs": folders}, indent=2))
     (Path(out) / "summary.md").write_text(write_summary_markdown(summary))
-    print(f"[evaluate] wrote {Path(out) / 'summary.json'} and {Path(out) / 'summary.md'} ({len(folders)} runs)")
+    chart = write_summary_chart(summary, Path(out))
+    print(f"[evaluate] wrote {Path(out) / 'summary.json'}, {Path(out) / 'summary.md'} and {chart} "
+          f"({len(folders)} runs)")
     return 0
 
 

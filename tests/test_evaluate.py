@@ -335,10 +335,57 @@ def test_summary_over_seeds_by_hand():
     assert [(r["low"], r["high"]) for r in pair["per_run"]] == [pytest.approx((1.0, 1.0)), pytest.approx((3.0, 3.0))]
     assert (pair["pooled"]["low"], pair["pooled"]["high"]) == pytest.approx((2.0, 2.0))  # shifts 1 and 3, averaged
     assert "| URG − Blender | BLEU | 2 | 2.00 | [2.00, 2.00] |" in write_summary_markdown(summary)
+    assert urg["per_run"] == {"bleu": [pytest.approx(20.0), pytest.approx(40.0)]}  # each run's value, for the chart
     other = run([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
     other[1]["ids"] = ["a", "b", "x"]
     with pytest.raises(ValueError, match="other test records"):
         summarize_runs([runs[0][0], other[0]], [runs[0][1], other[1]])
+
+
+def _write_run(folder: Path, rows: dict[str, list[float]], kinds: dict[str, str]) -> None:
+    """An evaluation folder as `evaluate` writes it: per row its per-record BLEU (three records) and, as
+    ROUGE-L, the BLEU / 100."""
+    folder.mkdir(parents=True)
+    per_record = {n: {"bleu": v, "rougeL": [x / 100 for x in v]} for n, v in rows.items()}
+    table = [{"name": n, "kind": kinds[n], "correlation": {}, "scores": {m: mean(s) for m, s in v.items()}}
+             for n, v in per_record.items()]
+    (folder / "eval.json").write_text(json.dumps({"metrics": ["bleu", "rougeL"], "rows": table, "robustness": {}}))
+    (folder / "eval_records.json").write_text(json.dumps({"ids": ["a", "b", "c"], "rows": per_record}))
+
+
+def test_summarize_job_writes_a_chart_of_each_runs_row_values_and_the_paired_bleu_intervals(tmp_path):
+    from statistics import stdev
+
+    import matplotlib.image
+
+    from evaluate import main
+    from urg_ray.evaluation_report import summary_bars, summary_intervals
+
+    kinds = {"m0": "model", "URG": "fusion", "Blender": "fusion", "Ideal": "bound"}
+    runs = [{"m0": [5.0, 5.0, 5.0], "URG": [10.0, 20.0, 30.0], "Blender": [9.0, 19.0, 29.0], "Ideal": [50.0] * 3},
+            {"m0": [5.0, 5.0, 5.0], "URG": [30.0, 40.0, 50.0], "Blender": [27.0, 37.0, 47.0]},  # no Ideal row
+            {"m0": [5.0, 5.0, 5.0], "URG": [20.0, 20.0, 20.0], "Blender": [20.0, 20.0, 20.0]}]
+    for i, rows in enumerate(runs):
+        _write_run(tmp_path / f"seed{i}", rows, kinds)
+    out = tmp_path / "summary"
+    assert main(["--summarize", *(str(tmp_path / f"seed{i}") for i in range(3)), "--paired", "URG=Blender",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    # per row, in the table's order: each run's mean BLEU (runs that have the row), their mean and sample std
+    expected = {"m0": [5.0, 5.0, 5.0], "URG": [20.0, 40.0, 20.0], "Blender": [19.0, 37.0, 20.0], "Ideal": [50.0]}
+    bars = summary_bars(summary)
+    assert [(b.name, b.kind) for b in bars] == [(n, kinds[n]) for n in expected]
+    for bar, values in zip(bars, expected.values()):
+        assert bar.runs == pytest.approx(values) and bar.mean == pytest.approx(mean(values))
+        assert bar.std == pytest.approx(stdev(values) if len(values) > 1 else float("nan"), nan_ok=True)
+    # the BLEU pair only (the ROUGE-L one is in the table): URG - Blender shifts 1, 3, 0 per record in the
+    # three runs, so each run's interval is that shift alone and the pooled one their mean, 4/3
+    assert [p["metric"] for p in summary["paired"]] == ["bleu", "rougeL"]
+    ((label, pooled, per_run),) = summary_intervals(summary)
+    assert label == "URG − Blender" and pooled == pytest.approx((4 / 3, 4 / 3, 4 / 3))
+    assert per_run == [pytest.approx((d, d, d)) for d in (1.0, 3.0, 0.0)]
+    image = matplotlib.image.imread(out / "summary.png")  # a PNG that opens, both panels side by side
+    assert image.shape[0] >= 300 and image.shape[1] >= 1200
 
 
 def test_fusion_rows_keep_the_candidates_they_were_shown_and_where_their_facts_come_from(tmp_path):

@@ -346,7 +346,8 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 
 def summarize_runs(runs: Sequence[dict], records: Sequence[dict], paired: Sequence[tuple[str, str]] = (),
                    n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0) -> dict:
     """Runs of one protocol with different seeds (each an `eval.json` and its `eval_records.json`)
-    in one table: per row and metric the mean and sample std over the runs that have the row;
+    in one table: per row and metric the mean and sample std over the runs that have the row
+    (`per_run`: each of those runs' value, in run order);
     per pair (a, b) each run's paired bootstrap interval of a - b and one of the difference
     averaged over runs per record (the runs must share the test records); where every run has
     `fact_sources`, per row and share its mean and std over the runs that have it."""
@@ -371,7 +372,8 @@ def summarize_runs(runs: Sequence[dict], records: Sequence[dict], paired: Sequen
     table = [{"name": r["name"], "kind": r["kind"], "n_runs": len(r["runs"]),
               "scores": {m: spread([x["scores"][m] for x in r["runs"]]) for m in metric_names},
               "correlation": {k: spread([x["correlation"][k] for x in r["runs"]])
-                              for k in r["runs"][0]["correlation"] if all(k in x["correlation"] for x in r["runs"])}}
+                              for k in r["runs"][0]["correlation"] if all(k in x["correlation"] for x in r["runs"])},
+              "per_run": {m: [x["scores"][m] for x in r["runs"]] for m in metric_names}}
              for r in rows.values()]
     robustness = {}
     for name in dict.fromkeys(n for run in runs for n in run["robustness"]):

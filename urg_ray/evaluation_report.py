@@ -1,12 +1,16 @@
 """Render an evaluation (urg_ray.evaluation.Evaluator.to_json()) as Markdown and PNG charts, and a
-summary over seeds (urg_ray.evaluation.summarize_runs) as Markdown."""
+summary over seeds (urg_ray.evaluation.summarize_runs) as Markdown and a PNG chart."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 LABELS = {"bleu": "BLEU", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum",
           "bertscore": "BERTScore", "bartscore": "BARTScore", "gpt_rank": "GPT-Rank ↓"}
+KIND_COLORS = {"model": "#9e9e9e", "random": "#616161", "oracle": "#ffb74d", "rank": "#64b5f6", "fusion": "#2e7d32",
+               "bound": "#ce93d8"}
+KIND_COLOR_NOTE = "Candidates (grey), selection (orange: oracle, blue: rankers), fusion (green), bounds (violet)"
 KIND_TITLES = {"model": "Candidate models", "random": "Selection", "oracle": "Selection", "rank": "Selection",
                "fusion": "Fusion", "bound": "Bound"}
 BOUNDS_NOTE = ("Bound rows come from the synthetic world's latent facts: a candidate style-stripped is its facts "
@@ -156,19 +160,16 @@ def write_charts(data: dict, out: Path) -> list[Path]:
 
     shown = [m for m in ("bleu", "rougeL", "bertscore") if m in data["metrics"]]
     rows = data["rows"]
-    colors = {"model": "#9e9e9e", "random": "#616161", "oracle": "#ffb74d", "rank": "#64b5f6", "fusion": "#2e7d32",
-              "bound": "#ce93d8"}
     fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 0.35 * len(rows) + 1.5), squeeze=False)
     for ax, metric in zip(axes[0], shown):
         values = [r["scores"][metric] for r in rows]
-        ax.barh(range(len(rows)), values, color=[colors[r["kind"]] for r in rows])
+        ax.barh(range(len(rows)), values, color=[KIND_COLORS[r["kind"]] for r in rows])
         ax.set_yticks(range(len(rows)), [r["name"] for r in rows] if ax is axes[0][0] else [])
         ax.invert_yaxis()
         ax.set_title(LABELS[metric])
         for y, v in enumerate(values):
             ax.text(v, y, f" {_fmt(metric, v)}", va="center", fontsize=7)
-    fig.suptitle(f"Candidates (grey), selection (orange: oracle, blue: rankers), fusion (green), bounds (violet), "
-                 f"{data['n_records']} test records", fontsize=10)
+    fig.suptitle(f"{KIND_COLOR_NOTE}, {data['n_records']} test records", fontsize=10)
     fig.tight_layout()
     paths = [out / "eval.png"]
     fig.savefig(paths[0], dpi=120)
@@ -192,3 +193,107 @@ def write_charts(data: dict, out: Path) -> list[Path]:
         fig.savefig(paths[1], dpi=120)
         plt.close(fig)
     return paths
+
+
+class SpreadBar(NamedTuple):
+    name: str
+    kind: str
+    mean: float
+    std: float  # sample std over the runs; NaN for one run
+    runs: list[float]  # each run's value
+
+
+class PairedInterval(NamedTuple):
+    label: str  # "A − B"
+    pooled: tuple[float, float, float]  # mean, low, high
+    runs: list[tuple[float, float, float]]
+
+
+def summary_bars(summary: dict, metric: str = "bleu") -> list[SpreadBar]:
+    """The left panel of summary.png: per row of `summarize_runs`, in its order, the mean, std and
+    each run's value of `metric`."""
+    return [SpreadBar(r["name"], r["kind"], r["scores"][metric]["mean"], r["scores"][metric]["std"],
+                      list(r["per_run"][metric])) for r in summary["rows"]]
+
+
+def summary_intervals(summary: dict, metric: str = "bleu") -> list[PairedInterval]:
+    """The right panel of summary.png: the paired intervals of `metric`, pooled and per run."""
+    def bounds(interval: dict) -> tuple[float, float, float]:
+        return interval["mean"], interval["low"], interval["high"]
+
+    return [PairedInterval(f"{p['a']} − {p['b']}", bounds(p["pooled"]), [bounds(r) for r in p["per_run"]])
+            for p in summary["paired"] if p["metric"] == metric]
+
+
+def write_summary_chart(summary: dict, out: Path, metric: str | None = None) -> Path:
+    """OUT/summary.png: `metric` (default BLEU, else the first metric) per row (bar: mean over runs,
+    error bar: sample std, dots: each run) and, if the summary has paired intervals of it, their
+    forest plot (pooled dark, each run light)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = metric or ("bleu" if "bleu" in summary["metrics"] else summary["metrics"][0])
+    bars, pairs = summary_bars(summary, metric), summary_intervals(summary, metric)
+    fig = plt.figure(figsize=(14 if pairs else 8, 0.35 * len(bars) + 1.8), layout="constrained")
+    grid = fig.add_gridspec(1, 2 if pairs else 1, width_ratios=[3, 2] if pairs else [1])
+    _draw_spread_bars(fig.add_subplot(grid[0, 0]), bars, metric, summary["n_runs"], summary["n_records"])
+    if pairs:  # the forest plot takes the top of the right column, as tall as the lines it draws
+        lines = max(4, sum(len(p.runs) + 2 for p in pairs))
+        column = grid[0, 1].subgridspec(2, 1, height_ratios=[lines, max(len(bars) - lines, 1)])
+        _draw_forest(fig.add_subplot(column[0]), pairs, metric, summary["paired"][0]["pooled"]["confidence"])
+    fig.suptitle(KIND_COLOR_NOTE, fontsize=9)
+    path = out / "summary.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _draw_spread_bars(ax, bars: list[SpreadBar], metric: str, n_runs: int, n_records: int) -> None:
+    label = LABELS.get(metric, metric)
+    ys = range(len(bars))
+    ax.barh(ys, [b.mean for b in bars], color=[KIND_COLORS[b.kind] for b in bars])
+    spread = [(y, b) for y, b in zip(ys, bars) if len(b.runs) > 1]
+    ax.errorbar([b.mean for _, b in spread], [y for y, _ in spread], xerr=[b.std for _, b in spread], fmt="none",
+                ecolor="#424242", elinewidth=1, capsize=4)
+    ax.scatter([v for b in bars for v in b.runs], [y for y, b in zip(ys, bars) for _ in b.runs], s=16,
+               facecolors="white", edgecolors="black", linewidths=0.8, zorder=3)
+    ends = [max([b.mean + (b.std if len(b.runs) > 1 else 0.0), *b.runs]) for b in bars]
+    for y, b, end in zip(ys, bars, ends):
+        text = _fmt(metric, b.mean) + (f" ± {_fmt(metric, b.std)}" if len(b.runs) > 1 else "")
+        text += f" ({len(b.runs)} of {n_runs} runs)" if len(b.runs) < n_runs else ""
+        ax.text(end, y, f"  {text}", va="center", fontsize=7)
+    ax.set_yticks(ys, [b.name for b in bars], fontsize=8)
+    ax.set_ylim(len(bars) - 0.5, -0.5)
+    ax.set_xlim(0, 1.2 * max(ends))  # room for the values' text
+    ax.set_xlabel(label)
+    ax.set_title(f"{label} over {n_runs} runs (seeds), {n_records} test records:\n"
+                 "bar mean, error bar sample std, dots each run" if n_runs > 1 else
+                 f"{label} of 1 run, {n_records} test records", fontsize=9)
+
+
+def _draw_forest(ax, pairs: list[PairedInterval], metric: str, confidence: float) -> None:
+    label = LABELS.get(metric, metric)
+    y, ticks = 0.0, []
+    for p in pairs:
+        mean, low, high = p.pooled
+        ax.errorbar([mean], [y], xerr=[[mean - low], [high - mean]], fmt="o", color="black", capsize=3)
+        ax.text(high, y, f"  {_fmt(metric, mean)} [{_fmt(metric, low)}, {_fmt(metric, high)}]", va="center",
+                fontsize=7)
+        ticks.append((y, p.label))
+        for k, (mean, low, high) in enumerate(p.runs, 1):
+            ax.errorbar([mean], [y + 0.6 * k], xerr=[[mean - low], [high - mean]], fmt="o", markersize=3,
+                        color="grey", alpha=0.6, capsize=2)
+            ticks.append((y + 0.6 * k, f"run {k}"))
+        y += 0.6 * len(p.runs) + 1.2
+    ax.axvline(0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_yticks([t for t, _ in ticks], [n for _, n in ticks], fontsize=7)
+    ax.set_ylim(y - 0.6, -0.6)
+    low = min(min(p.pooled[1], *(r[1] for r in p.runs)) for p in pairs)
+    high = max(max(p.pooled[2], *(r[2] for r in p.runs)) for p in pairs)
+    pad = 0.1 * (max(high, 0.0) - min(low, 0.0)) or 1.0
+    ax.set_xlim(min(low, 0.0) - pad, max(high, 0.0) + 4 * pad)  # room for the pooled interval's text
+    ax.set_xlabel(f"{label} difference A − B")
+    ax.set_title(f"Paired {label} differences, {100 * confidence:.0f}% intervals:\n"
+                 "pooled over runs (black), each run (grey, below)", fontsize=9)
