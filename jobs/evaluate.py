@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paired", action="append", default=[], metavar="A=B",
                         help="a paired bootstrap interval of row A minus row B (repeatable)")
     parser.add_argument("--summarize", nargs="+", metavar="FOLDER",
-                        help="summarise these evaluations (one per seed) into OUT/summary.{json,md}; no models")
+                        help="summarise these evaluations (one per seed) into OUT/summary.{json,md,png}; no models")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated (default {','.join(METRICS)}; "
                         f"also bartscore)")
