@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Hashable, Iterator, Sequence, TypeVar
@@ -119,12 +120,26 @@ class URGRankerFuser:
         self._fuse_batch.set_max_batch_size(max_batch_size)
         self._rank_batch.set_max_batch_size(max_batch_size)
         self.batch_wait = BusyBatchWait(batch_wait_timeout_s, (self._fuse_batch, self._rank_batch))
+        self.streamed_tokens, self._streamed_tokens_lock = 0, threading.Lock()
         log.info("URG ranker-fuser ready: %s (%s)%s", source, describe(self.urg),
                  "" if self.trained else "; UNTRAINED weights (a preset, not a checkpoint)")
 
     def info(self) -> dict[str, Any]:
         """What the ingress reports in /healthz: no paths."""
         return {"trained": self.trained, "top_k": self.default_top_k}
+
+    def generation(self) -> dict[str, int]:
+        """Streamed answers on this replica: generation threads `running` now (urg_ray.streaming names
+        them urg-stream) and the tokens all of them `generated`, cancelled ones included. How a test
+        sees that a client going away stops its answer's generation."""
+        running = sum(thread.name == "urg-stream" for thread in threading.enumerate())
+        return {"running": running, "generated": self.streamed_tokens}
+
+    def _count_token(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+        """A stopping criterion of streamed generation that never stops it: called once per token."""
+        with self._streamed_tokens_lock:
+            self.streamed_tokens += 1
+        return False
 
     async def rank_and_fuse(self, question: str, candidates: list[str], top_k: int | None = None,
                             max_new_tokens: int = 64, stop: list[str] | None = None) -> dict[str, Any]:
@@ -144,7 +159,8 @@ class URGRankerFuser:
         text rank_and_fuse answers; a failure raises FusionFailed."""
         try:
             stream = await asyncio.to_thread(self.urg.stream_fuse, question, candidates, top_k or self.default_top_k,
-                                             max_new_tokens, stop or (), empty_fallback=True)
+                                             max_new_tokens, stop or (), empty_fallback=True,
+                                             stopping_criteria=[self._count_token])
         except Exception:  # noqa: BLE001 - this request alone
             log.exception("ranker-fuser failed to rank one streamed request")
             raise FusionFailed("the ranker-fuser failed on this request") from None

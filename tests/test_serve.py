@@ -4,8 +4,10 @@ One Ray + Serve for the module (2 CPUs, fractional deployments), four applicatio
 `build_app`: `main` (two canned candidates + a tiny transformers LLM, URG from the trained
 checkpoint or the tiny preset), `faulty` (a good, a remote OpenAI-compatible one, a late and a
 failing candidate), `down` (every candidate fails) and `gated` (one remote candidate behind a
-gate the test opens, an ingress admitting one request). The replica-kill test runs last because
-it disturbs `main`. Every test here starts Ray Serve: the module is slow.
+gate the test opens, an ingress admitting one request). `main` calls its ranker-fuser over Serve's
+gRPC transport (`ranker_grpc: true`, as serve/app.yaml ships); the other three over the default
+actor calls, so both transports are covered. The replica-kill test runs last because it disturbs
+`main`. Every test here starts Ray Serve: the module is slow.
 """
 
 import concurrent.futures
@@ -36,6 +38,7 @@ QUESTION = "What is the capital of France?"
 CANNED_A = "The capital of France is Paris, on the Seine."
 CANNED_B = "Paris is the capital and the largest city of France."
 SLOW_DELAY_S, SLOW_TIMEOUT_S = 20.0, 1.0
+LONG_ANSWER = 500  # fused tokens: near the tiny preset's 512 learned positions, `main`'s max_tokens limit
 URG_MODEL = str(ROOT / "outputs/train/model")
 
 
@@ -66,7 +69,7 @@ MAIN = _args([
     {"name": "canned-b", "kind": "canned", "answers": [CANNED_B]},
     {"name": "tiny-gpt2", "kind": "transformers", "model_source": "tiny-gpt2", "max_tokens": 12,
      "max_model_len": 96, "deployment": {"ray_actor_options": {"num_cpus": 0.2}}},
-], urg={"model": URG_MODEL})
+], urg={"model": URG_MODEL}, ranker_grpc=True, limits={"max_new_tokens": LONG_ANSWER})
 
 
 def faulty_args(url: str) -> dict:
@@ -313,6 +316,46 @@ def test_openai_client_gets_a_completion_and_the_same_answer_streamed(base_url):
     assert figures["tokens_at_first_piece"] < figures["generated_tokens"], figures
     assert chunks[-1].usage.total_tokens == completion.usage.total_tokens
     assert [m.id for m in client.models.list()] == [MODEL]
+
+
+def ranker_generation() -> dict[str, int]:
+    """`main`'s ranker-fuser (one replica): streamed generations running and tokens generated so far."""
+    handle = serve.get_deployment_handle("URGRankerFuser", app_name="main")
+    return handle.generation.remote().result(timeout_s=60)
+
+
+def test_a_client_that_goes_away_stops_the_rankers_generation(base_url):
+    """Over gRPC, as serve/app.yaml ships: a streamed answer whose client disconnects after the
+    first content chunk stops generating in the ranker-fuser (the ingress cancels the ranker's
+    stream; its `finally` closes the FusionStream), well short of the max_tokens that the same
+    request, read to the end, does generate."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": LONG_ANSWER,
+            "temperature": 0, "stream": True}
+    before = ranker_generation()
+    with httpx.Client(base_url=base_url, timeout=120) as c, \
+            c.stream("POST", "/v1/chat/completions", json=body, headers=AUTH) as reply:
+        events = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]
+    (last,) = [e for e in events if e["choices"] and e["choices"][0]["finish_reason"] == "stop"]
+    full = last["urg"]["stream"]["generated_tokens"]
+    if full < LONG_ANSWER and Path(URG_MODEL).is_dir():
+        pytest.skip(f"the trained URG ends this answer after {full} tokens: a stopped generation looks the same")
+    assert full == LONG_ANSWER  # the untrained tiny URG never emits its end token: it uses the whole budget
+    after_full = ranker_generation()
+    assert after_full["generated"] - before["generated"] == LONG_ANSWER  # the hook counts what the stream says
+
+    with httpx.Client(base_url=base_url, timeout=120) as c, \
+            c.stream("POST", "/v1/chat/completions", json=body, headers=AUTH) as reply:
+        assert reply.status_code == 200
+        chunks = (json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {"))
+        assert any(e["choices"] and e["choices"][0]["delta"].get("content") for e in chunks)
+    # the connection is closed mid-answer: wait (generously) until no generation runs in the ranker
+    deadline = time.monotonic() + 120
+    while (now := ranker_generation())["running"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert now["running"] == 0, now
+    generated = now["generated"] - after_full["generated"]
+    print(f"the abandoned answer generated {generated} of {LONG_ANSWER} tokens")
+    assert 1 <= generated < LONG_ANSWER // 2, generated
 
 
 # ---- client errors: OpenAI error body, status, param ---------------------------------------
