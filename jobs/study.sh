@@ -50,6 +50,7 @@ train() {  # NAME, then --set overrides of the method, seed or ablation
   [ "$rc" = 0 ] || { echo "[study] $name failed (exit $rc); see $OUT/$name.log"; exit "$rc"; }
 }
 
+PAIRED=(--paired "URG=PairRanker-Gen" --paired "URG=URG (k=1)" --paired "URG-rank=PairRanker")  # per seed, pooled
 RANKER=(--set train.lr=5e-4)  # a guess for random-init DeBERTa (not tuned), as in the old study
 for seed in $SEEDS; do  # seed by seed, so that a partial study is already one whole comparison
   train "urg-s$seed"         --set "train.seed=$seed"
@@ -77,11 +78,9 @@ if [ -z "${STUDY_ONLY:-}" ]; then  # the issue's comparison is evaluated before 
     run "$PYTHON" jobs/evaluate.py --config "$CONFIG" --bounds --synthetic "$WORLD" --robustness \
       --out "$RESULTS/seed$seed" \
       --urg "URG=$OUT/urg-s$seed/model" --ranker "PairRanker=$OUT/pair_ranker-s$seed/model" \
-      --fuser "GenFuser=$OUT/gen_fuser-s$seed/model" "${extra[@]}" \
-      --paired "URG=PairRanker-Gen" --paired "URG=URG (k=1)" --paired "URG-rank=PairRanker"
+      --fuser "GenFuser=$OUT/gen_fuser-s$seed/model" "${extra[@]}" "${PAIRED[@]}"
   done
-  run "$PYTHON" jobs/evaluate.py --summarize "${folders[@]}" --out "$RESULTS" \
-    --paired "URG=PairRanker-Gen" --paired "URG=URG (k=1)" --paired "URG-rank=PairRanker"
+  run "$PYTHON" jobs/evaluate.py --summarize "${folders[@]}" --out "$RESULTS" "${PAIRED[@]}"
 fi
 
 if [[ " $SEEDS " == *" 0 "* ]]; then  # Table 2's other rankers (seed 0), beside seed 0's PairRanker

@@ -129,10 +129,12 @@ class URGRankerFuser:
         return {"trained": self.trained, "top_k": self.default_top_k}
 
     def generation(self) -> dict[str, int]:
-        """Streamed answers on this replica: generation threads `running` now (urg_ray.streaming names
-        them urg-stream) and the tokens all of them `generated`, cancelled ones included. How a test
-        sees that a client going away stops its answer's generation."""
-        running = sum(thread.name == "urg-stream" for thread in threading.enumerate())
+        """Streamed answers on this replica: generation threads `running` now (named
+        urg_ray.streaming.STREAM_THREAD) and the tokens all of them `generated`, cancelled ones
+        included. How a test sees that a client going away stops its answer's generation."""
+        from urg_ray.streaming import STREAM_THREAD  # torch: not in the ingress
+
+        running = sum(thread.name == STREAM_THREAD for thread in threading.enumerate())
         return {"running": running, "generated": self.streamed_tokens}
 
     def _count_token(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FALLBACK_NOTE = "the fused answer was empty: the top-ranked candidate is returned"
+STREAM_THREAD = "urg-stream"  # the name of each FusionStream's generation thread
 _END = object()
 
 
@@ -102,7 +103,7 @@ class FusionStream:
         kwargs = dict(encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask,
                       max_new_tokens=max_new_tokens, streamer=self._tokens, stopping_criteria=criteria,
                       **generate_kwargs)
-        self._thread = threading.Thread(target=self._generate, args=(kwargs,), name="urg-stream", daemon=True)
+        self._thread = threading.Thread(target=self._generate, args=(kwargs,), name=STREAM_THREAD, daemon=True)
         self._thread.start()
 
     def _generate(self, kwargs: dict[str, Any]) -> None:
