@@ -401,10 +401,21 @@ def test_dropout_override_reaches_every_dropout_including_attention():
 
 def test_absolute_positions_are_on_for_tiny_and_follow_the_kv_cache(tiny):
     assert tiny.config.absolute_positions and tiny.positions is not None
-    cached = tiny.rank_and_fuse(QUESTIONS, CANDIDATES, max_new_tokens=12, min_new_tokens=12, use_cache=True)
-    uncached = tiny.rank_and_fuse(QUESTIONS, CANDIDATES, max_new_tokens=12, min_new_tokens=12, use_cache=False)
-    assert all(len(r.text.split()) >= 3 for r in cached)
-    assert [r.text for r in cached] == [r.text for r in uncached]
+
+    def fuse(use_cache):
+        return [r.text for r in tiny.rank_and_fuse(QUESTIONS, CANDIDATES, max_new_tokens=12, min_new_tokens=12,
+                                                   use_cache=use_cache)]
+
+    with torch.no_grad():  # decoder positions large enough to decide the tokens, as trained ones do
+        saved = tiny.positions.decoder.weight.clone()
+        tiny.positions.decoder.weight.normal_(std=30.0, generator=torch.Generator().manual_seed(0))
+        cached, uncached = fuse(True), fuse(False)
+        tiny.positions.decoder.weight[1:] = tiny.positions.decoder.weight[0]  # as if every step were at 0
+        at_zero = fuse(False)
+        tiny.positions.decoder.weight.copy_(saved)
+    assert all(len(text.split()) >= 3 for text in cached)
+    assert at_zero != uncached  # the positions change the answer...
+    assert cached == uncached  # ...and a cached step gets its true position, not 0
     before = tiny.rank(QUESTIONS, CANDIDATES).scores
     with torch.no_grad():
         saved = tiny.positions.encoder.weight.clone()
