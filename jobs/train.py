@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
               num_cpus=max(os.cpu_count() or 1, int(cfg.train.num_workers * cfg.train.cpus_per_worker) + 1))
     summary = fit(cfg, records, args.out, verbose=args.verbose)
     print(f"[train] done in {summary['wall_s']} s, {summary['samples_per_s']:.1f} samples/s")
-    print(f"[train] best checkpoint: {summary['best_checkpoint']}")
-    print("[train] best dev metrics: "
-          f"{json.dumps({k: round(v, 4) for k, v in summary['best_metrics'].items() if isinstance(v, float)})}")
+    print(f"[train] exported checkpoint ({summary['export']}): {summary['exported_checkpoint']}")
+    print("[train] its dev metrics: "
+          f"{json.dumps({k: round(v, 4) for k, v in summary['exported_metrics'].items() if isinstance(v, float)})}")
     print(f"[train] model: {summary['model_dir']}  "
           "(from_pretrained of its class loads it; urg_ray.protocol.load_model any)")
     print(f"[train] summary: {Path(args.out) / 'train_summary.json'}")

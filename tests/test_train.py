@@ -139,7 +139,7 @@ def test_deepspeed_training_checkpoints_reloads_and_resumes(tmp_path):
     model = URG.from_pretrained(tmp_path / "out" / "model")
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
     assert summary["samples_per_s"] > 0 and summary["num_workers"] == 2
-    trained = get_fp32_state_dict_from_zero_checkpoint(summary["best_checkpoint"], tag="deepspeed")
+    trained = get_fp32_state_dict_from_zero_checkpoint(summary["exported_checkpoint"], tag="deepspeed")
     exported = model.state_dict()
     assert set(trained) <= set(exported) and len(trained) > 0
     for name, weight in trained.items():

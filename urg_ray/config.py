@@ -115,6 +115,7 @@ class TrainConfig(_Strict):
     max_failures: int = Field(2, ge=0)  # worker failures survived by restarting from the last checkpoint
     # picks the best checkpoint; None: the model's own (URG and GenFuser dev_fused_bleu, rankers dev_top1_quality)
     checkpoint_metric: Literal["dev_fused_bleu", "dev_top1_quality", "dev_spearman"] | None = None
+    export: Literal["best", "last"] = "best"  # the checkpoint copied to OUT/model: best by that metric, or the last
     dev_max_records: int = Field(200, ge=1)  # ranked at each evaluation
     dev_fuse_records: int = Field(64, ge=0)  # of those, fused (greedy) for dev_fused_bleu
     resume_from: str | None = None  # a checkpoint folder; by default a re-run resumes its own

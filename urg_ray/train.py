@@ -325,18 +325,27 @@ def best_checkpoint(results: list[tuple[Any, dict]], metric: str) -> tuple[Any, 
     return max(valid, key=lambda cm: cm[1][metric], default=None)
 
 
+def exported_checkpoint(result: Any, cfg: JobConfig) -> tuple[Any, dict]:
+    """The (checkpoint, metrics) `fit` exports from a Ray Train result: with `train.export` "best",
+    the best by `checkpoint_metric` (the last when none has a value); with "last", the last."""
+    if cfg.train.export == "best" and (best := best_checkpoint(result.best_checkpoints, checkpoint_metric(cfg))):
+        return best
+    last = result.checkpoint
+    return last, next((m for c, m in result.best_checkpoints if c.path == last.path), result.metrics)
+
+
 def fit(cfg: JobConfig, records: dict[str, list[Record]], out_dir: str | os.PathLike, verbose: bool = False) -> dict:
-    """Train, then copy the best checkpoint's model to `out_dir/model` (replacing it whole);
-    returns the summary."""
+    """Train, then copy the exported checkpoint's model (`exported_checkpoint`) to `out_dir/model`
+    (replacing it whole); returns the summary."""
     started = time.time()
     result = build_trainer(cfg, records, verbose=verbose).fit()
-    best, best_metrics = best_checkpoint(result.best_checkpoints, checkpoint_metric(cfg)) or (
-        result.checkpoint, result.metrics)
+    chosen, chosen_metrics = exported_checkpoint(result, cfg)
     out = Path(out_dir)
     target = out / MODEL_DIR
-    with best.as_directory() as d:
+    with chosen.as_directory() as d:
         replace_folder(Path(d) / MODEL_DIR, target)
-    summary = {"model_dir": str(target), "best_checkpoint": best.path, "best_metrics": best_metrics,
+    summary = {"model_dir": str(target), "export": cfg.train.export, "exported_checkpoint": chosen.path,
+               "exported_metrics": chosen_metrics,
                "final_metrics": result.metrics, "num_workers": cfg.train.num_workers, "use_gpu": cfg.train.use_gpu,
                "dtype": "bfloat16" if cfg.train.bf16 else "float32", "batch_size_per_worker": cfg.train.batch_size,
                "samples_per_s": result.metrics.get("samples_per_s"), "wall_s": round(time.time() - started, 1),
