@@ -46,7 +46,7 @@ def _add_positions(stack: nn.Module, args: tuple, kwargs: dict, table: nn.Embedd
         input_ids, args = args[0], args[1:]
     if input_ids is None:  # a caller passing inputs_embeds handles positions itself
         return args, kwargs
-    # transformers >= 5.2x hands the stack its KV cache as `cache` (before: `past_key_values`)
+    # transformers 5.24 (installed here) hands the stack its KV cache as `cache`; earlier: `past_key_values`
     past = kwargs.get("cache", kwargs.get("past_key_values"))
     offset = past.get_seq_length() if past is not None else 0
     length = input_ids.shape[-1]
