@@ -80,10 +80,12 @@ def test_study_trains_every_method_on_the_same_records_with_seeds_and_a_cap(tmp_
         assert cmd[:4] == ["timeout", "--kill-after=10m", "2h", sys.executable]  # each run capped; a re-run resumes
         cfg = load_config(ROOT / cmd[cmd.index("--config") + 1], _sets(cmd))
         t = cfg.train
-        budgets.add((t.max_steps * t.batch_size * t.num_workers, cfg.data.train_file, cfg.model.preset))
+        budgets.add((t.max_steps * t.batch_size * t.num_workers, cfg.data.train_file, cfg.model.preset,
+                     t.export))  # every model evaluated as it ends, none chosen on dev
         assert t.name == f"study2-{Path(cmd[cmd.index('--out') + 1]).name}"  # the name it resumes by
         runs[t.name] = cfg
     assert len(budgets) == 1 and next(iter(budgets))[0] >= 96_000  # the same records for every method
+    assert next(iter(budgets))[3] == "last"
     assert len(runs) == len(trainings)
     for method in ("urg", "pair_ranker", "gen_fuser"):  # URG and LLM-Blender's two models: 3 seeds
         assert {runs[f"study2-{method}-s{s}"].train.seed for s in range(3)} == {0, 1, 2}
